@@ -1,0 +1,1 @@
+"""Promotion gates, policy and the `restar-promote` CLI."""

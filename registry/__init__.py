@@ -1,0 +1,1 @@
+"""The service around the MLflow Model Registry (versions, aliases, audit log)."""

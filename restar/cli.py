@@ -1,0 +1,229 @@
+"""The `restar` command line: one subcommand per pipeline step, plus predict and bench."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from restar.config import ConfigError, load_freeze_config, load_run_config
+
+logger = logging.getLogger("restar")
+
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+OUT_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+def json_option(command: Callable) -> Callable:
+    """`--json`: print the result as JSON instead of plain text."""
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(command)
+
+
+def config_option(command: Callable) -> Callable:
+    return click.option(
+        "--config", "config_path", type=EXISTING_FILE, default="configs/smoke.yaml", show_default=True,
+        help="Run config (YAML) to read.",
+    )(command)
+
+
+def report(result: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    for key, value in result.items():
+        click.echo(f"{key}: {json.dumps(value, default=str) if isinstance(value, dict | list) else value}")
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn the service layer's own errors into a one-line message and exit code 1."""
+    from restar.fetch_model import ModelSourceError
+    from restar.freeze import DataSourceError
+    from restar.predictor import PredictorError
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ConfigError, DataSourceError, ModelSourceError, PredictorError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="restar")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """Re*Star: re-star product reviews with a calibrated, abstaining transformer.
+
+    \b
+    Example, the whole smoke pipeline:
+        dvc repro
+    Example, predictions for a CSV with a `text` column:
+        restar predict --input reviews.csv --output out.parquet --model-uri models:/restar@production
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command("fetch-model")
+@config_option
+@click.option("--out", "out_dir", type=OUT_DIR, default="artifacts/pretrained/model", show_default=True,
+              help="Folder to write the encoder to.")
+@user_errors
+def fetch_model_command(config_path: Path, out_dir: Path) -> None:
+    """Snapshot the pretrained encoder named by `model.source` into OUT.
+
+    Example: restar fetch-model --config configs/smoke.yaml
+    """
+    from restar.fetch_model import fetch_model
+
+    fetch_model(load_run_config(config_path).model, out_dir)
+    click.echo(f"pretrained encoder written to {out_dir}")
+
+
+@cli.command("freeze")
+@click.option("--config", "config_path", type=EXISTING_FILE, default="configs/data_frozen.yaml",
+              show_default=True, help="Data freeze config (YAML).")
+@click.option("--out", "out_dir", type=OUT_DIR, default="data/frozen", show_default=True,
+              help="Folder for {train,dev,eval}.parquet and stats.json.")
+@json_option
+@user_errors
+def freeze_command(config_path: Path, out_dir: Path, as_json: bool) -> None:
+    """Clean, dedupe and split Amazon Reviews 2023 rows by product.
+
+    Reads the hub, or the folder in RESTAR_DATA_DIR when it is set.
+
+    Example: RESTAR_DATA_DIR=../shared/data/amazon_reviews_2023 restar freeze
+    """
+    from restar.freeze import freeze
+
+    stats = freeze(load_freeze_config(config_path), out_dir)
+    report({"splits": {name: split["rows"] for name, split in stats["splits"].items()},
+            "rows_dropped": stats["rows_dropped"]}, as_json)
+
+
+@cli.command("prepare")
+@config_option
+@click.option("--frozen", "frozen_dir", type=EXISTING_DIR, default="data/frozen", show_default=True,
+              help="Folder written by `restar freeze`.")
+@click.option("--out", "out_dir", type=OUT_DIR, default="data/raw", show_default=True,
+              help="Folder for the sampled splits.")
+@json_option
+@user_errors
+def prepare_command(config_path: Path, frozen_dir: Path, out_dir: Path, as_json: bool) -> None:
+    """Sample the frozen splits (stratified, capped per split) for this run.
+
+    Example: restar prepare --config configs/smoke.yaml
+    """
+    from restar.prepare import prepare
+
+    stats = prepare(load_run_config(config_path).prepare, frozen_dir, out_dir)
+    report({"rows": stats["rows"]}, as_json)
+
+
+@cli.command("train")
+@config_option
+@click.option("--pretrained", "pretrained_dir", type=EXISTING_DIR, default="artifacts/pretrained/model",
+              show_default=True, help="Encoder written by `restar fetch-model`.")
+@click.option("--data", "data_dir", type=EXISTING_DIR, default="data/raw", show_default=True,
+              help="Folder with train.parquet and dev.parquet.")
+@click.option("--out", "out_dir", type=OUT_DIR, default="outputs/dvc_run", show_default=True,
+              help="Run folder: model/, metrics_dev.json, train.log, mlflow_run.json.")
+@json_option
+@user_errors
+def train_command(config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path, as_json: bool) -> None:
+    """Fine-tune, calibrate on dev, save the model and log the run to MLflow.
+
+    Example: restar train --config configs/smoke.yaml
+    """
+    from restar.train import train
+
+    config = load_run_config(config_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = logging.FileHandler(out_dir / "train.log", mode="w")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(log_file)
+    try:
+        result = train(config, config_path, pretrained_dir, data_dir, out_dir)
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+    report(result, as_json)
+
+
+@cli.command("evaluate")
+@click.option("--model", "model_dir", type=EXISTING_DIR, default="outputs/dvc_run/model", show_default=True,
+              help="Trained model folder.")
+@click.option("--data", "data_dir", type=EXISTING_DIR, default="data/raw", show_default=True,
+              help="Folder with eval.parquet.")
+@click.option("--out", "out_dir", type=EXISTING_DIR, default="outputs/dvc_run", show_default=True,
+              help="Run folder holding mlflow_run.json; receives metrics_eval.json and plots/.")
+@json_option
+@user_errors
+def evaluate_command(model_dir: Path, data_dir: Path, out_dir: Path, as_json: bool) -> None:
+    """Score the model on the held-out eval split; write metrics and plots, log them to MLflow.
+
+    Example: restar evaluate
+    """
+    from restar.evaluate import evaluate
+
+    report(evaluate(model_dir, data_dir, out_dir), as_json)
+
+
+@cli.command("predict")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV, Parquet or JSON Lines file with a `text` column.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write predictions (.csv, .parquet or .jsonl); written atomically.")
+@click.option("--model-uri", default="models:/restar@production", show_default=True,
+              help="MLflow model URI (runs:/, models:/name@alias, models:/name/N) or a model folder.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Rows per model call.")
+@user_errors
+def predict_command(input_path: Path, output_path: Path, model_uri: str, batch_size: int) -> None:
+    """Predict label, confidence, p_neg, p_neu and p_pos for every input row.
+
+    Example: restar predict --input reviews.csv --output predictions.parquet
+    """
+    from restar.predictor import predict_file
+
+    rows = predict_file(input_path, output_path, model_uri, batch_size=batch_size)
+    click.echo(f"wrote {rows} predictions to {output_path}")
+
+
+@cli.command("bench")
+@click.option("--model-uri", required=True,
+              help="MLflow model URI or model folder to benchmark.")
+@click.option("--data", "data_path", type=EXISTING_FILE, default="data/raw/eval.parquet", show_default=True,
+              help="Parquet file with a `text` column to draw real texts from.")
+@click.option("-n", "--calls", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Timed single-text calls.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Untimed calls first.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the result JSON here.")
+@json_option
+@user_errors
+def bench_command(model_uri: str, data_path: Path, calls: int, warmup: int, output_path: Path | None,
+                  as_json: bool) -> None:
+    """Batch-size-1 latency (avg/p50/p95 ms) on real eval texts, with hardware and thread count.
+
+    Example: restar bench --model-uri models:/restar@staging --output bench.json
+    """
+    from restar.bench import measure_latency, sample_texts
+    from restar.predictor import load_predict_fn
+
+    texts = sample_texts(data_path, calls + warmup)
+    result = {"model_uri": model_uri, **measure_latency(load_predict_fn(model_uri), texts, warmup=warmup)}
+    if output_path:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        output_path.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, as_json)

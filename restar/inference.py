@@ -1,0 +1,117 @@
+"""The one inference core: texts -> label, confidence, p_neg, p_neu, p_pos.
+
+The MLflow pyfunc, the offline predictor, the latency benchmark and the TorchServe handler all call
+`InferenceCore.predict`; nothing else tokenizes, scales by temperature or abstains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from restar.calibration import softmax
+from restar.labels import ABSTAIN, DEFAULT_ABSTAIN_THRESHOLD, LABELS, OUTPUT_COLUMNS, PROBABILITY_COLUMNS
+
+METADATA_FILE = "restar.json"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What Re*Star stores beside the weights: calibration, abstention and tokenization settings."""
+
+    temperature: float = 1.0
+    abstain_threshold: float = DEFAULT_ABSTAIN_THRESHOLD
+    max_length: int = 128
+    base_model: str = ""
+    labels: tuple[str, ...] = LABELS
+
+    def save(self, model_dir: Path) -> None:
+        (model_dir / METADATA_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ModelMetadata:
+        path = model_dir / METADATA_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{model_dir} is not a Re*Star model directory (no {METADATA_FILE})")
+        raw = json.loads(path.read_text())
+        raw["labels"] = tuple(raw.get("labels", LABELS))
+        return cls(**raw)
+
+
+def is_blank(text: object) -> bool:
+    """True for None, NaN and whitespace-only strings: rows that get `abstain` without a forward pass."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return True
+    return not str(text).strip()
+
+
+def decide(probs: np.ndarray, threshold: float, labels: Sequence[str] = LABELS) -> pd.DataFrame:
+    """Output rows for calibrated probabilities: abstain when the top probability is below `threshold`."""
+    confidence = probs.max(axis=1)
+    names = np.asarray(labels, dtype=object)[probs.argmax(axis=1)]
+    label = np.where(confidence < threshold, ABSTAIN, names)
+    frame = pd.DataFrame({"label": label.astype(object), "confidence": confidence})
+    for column, values in zip(PROBABILITY_COLUMNS, probs.T, strict=True):
+        frame[column] = values
+    return frame
+
+
+class InferenceCore:
+    """A fine-tuned classifier with its temperature and abstention threshold."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, metadata: ModelMetadata, batch_size: int = 32):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.metadata = metadata
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, batch_size: int = 32) -> InferenceCore:
+        model_dir = Path(model_dir)
+        metadata = ModelMetadata.load(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        checkpoint_labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+        if checkpoint_labels != metadata.labels:
+            raise ValueError(f"{model_dir}: checkpoint labels {checkpoint_labels} != metadata {metadata.labels}")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return cls(model, tokenizer, metadata, batch_size=batch_size)
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw logits, batched longest-first so each batch pads to similar lengths."""
+        out = np.zeros((len(texts), len(self.metadata.labels)), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                encoded = self.tokenizer(
+                    [texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.metadata.max_length,
+                    return_tensors="pt",
+                )
+                out[batch] = self.model(**encoded).logits.float().numpy()
+        return out
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        return softmax(self.logits(texts), self.metadata.temperature)
+
+    def predict(self, texts: Sequence[object]) -> pd.DataFrame:
+        """One output row per text, in order; blank or missing texts abstain with NaN probabilities."""
+        blank = np.array([is_blank(text) for text in texts], dtype=bool)
+        probs = np.full((len(texts), len(self.metadata.labels)), np.nan)
+        present = np.flatnonzero(~blank)
+        if len(present):
+            probs[present] = self.probabilities([str(texts[i]) for i in present])
+        frame = decide(np.nan_to_num(probs, nan=0.0), self.metadata.abstain_threshold, self.metadata.labels)
+        frame.loc[blank, "label"] = ABSTAIN
+        frame.loc[blank, ["confidence", *PROBABILITY_COLUMNS]] = np.nan
+        return frame[list(OUTPUT_COLUMNS)]

@@ -1,0 +1,29 @@
+"""Quality metrics under the names DESIGN.md fixes (prefixed by split: dev_, eval_)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from restar.calibration import expected_calibration_error
+from restar.labels import LABELS
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """accuracy, macro_f1, f1_<label>, coverage, selective_accuracy and ece for calibrated `probs`."""
+    predicted = probs.argmax(axis=1)
+    kept = probs.max(axis=1) >= threshold
+    per_class = f1_score(labels, predicted, labels=range(len(LABELS)), average=None, zero_division=0)
+    metrics = {
+        "accuracy": accuracy_score(labels, predicted),
+        "macro_f1": f1_score(labels, predicted, labels=range(len(LABELS)), average="macro", zero_division=0),
+        **{f"f1_{name}": score for name, score in zip(LABELS, per_class, strict=True)},
+        "coverage": kept.mean(),
+        "selective_accuracy": (predicted[kept] == labels[kept]).mean() if kept.any() else 0.0,
+        "ece": expected_calibration_error(probs, labels),
+    }
+    return {name: round(float(value), 6) for name, value in metrics.items()}
+
+
+def with_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}_{name}": value for name, value in metrics.items()}

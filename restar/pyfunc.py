@@ -1,0 +1,50 @@
+"""The MLflow pyfunc: a Re*Star model directory served through the one inference core."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, Schema
+
+from restar.inference import InferenceCore
+from restar.labels import OUTPUT_COLUMNS
+
+ENTRY_SCRIPT = Path(__file__).with_name("pyfunc_entry.py")
+INPUT_EXAMPLE = pd.DataFrame({"text": ["Arrived broken and support never answered.", "Does the job, nothing special."]})
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "text")]),
+    outputs=Schema([ColSpec("string", "label")] + [ColSpec("double", name) for name in OUTPUT_COLUMNS[1:]]),
+)
+
+
+class RestarPyfunc(mlflow.pyfunc.PythonModel):
+    """Loads the model directory artifact once; `predict` takes a DataFrame with a `text` column."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.core = InferenceCore.from_dir(context.artifacts["model_dir"])
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params=None):
+        return self.core.predict(model_input["text"].tolist())
+
+
+def requirements() -> list[str]:
+    """Pins for the serving environment; the restar distribution itself carries the inference core."""
+    packages = ["restar", "torch", "transformers", "mlflow", "pandas", "scikit-learn"]
+    return [f"{name}=={version(name).split('+')[0]}" for name in packages]
+
+
+def log_pyfunc(model_dir: Path, name: str = "model") -> ModelInfo:
+    """Log `model_dir` as a models-from-code pyfunc into the active run (no pickled classes)."""
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(ENTRY_SCRIPT),
+        artifacts={"model_dir": str(model_dir)},
+        signature=SIGNATURE,
+        input_example=INPUT_EXAMPLE,
+        pip_requirements=requirements(),
+    )

@@ -1,0 +1,39 @@
+"""Where runs go: MLFLOW_TRACKING_URI, or the embedded SQLite store with artifacts under mlartifacts/."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+
+
+def configure_tracking() -> str:
+    """Point MLflow at the configured store and return its URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created on first use (embedded store: artifacts in mlartifacts/)."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        artifact_location = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def write_run_record(path: Path, record: dict[str, str]) -> None:
+    """The run id (and friends) that later stages use to log into the same MLflow run."""
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_run_record(path: Path) -> dict[str, str]:
+    return json.loads(path.read_text())

@@ -1,0 +1,218 @@
+"""Fine-tune the encoder for 3-class review sentiment, calibrate on dev, save and log to MLflow.
+
+Top to bottom: config -> seed -> data -> labels -> model -> Trainer -> temperature -> metrics -> save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from restar.calibration import expected_calibration_error, fit_temperature, softmax
+from restar.config import RunConfig, TrainConfig, flatten
+from restar.inference import InferenceCore, ModelMetadata
+from restar.labels import LABELS
+from restar.metrics import classification_metrics, with_prefix
+from restar.pyfunc import log_pyfunc
+from restar.tracking import configure_tracking, experiment_id, write_run_record
+
+logger = logging.getLogger(__name__)
+
+
+def class_weights(labels: np.ndarray, scheme: str) -> torch.Tensor | None:
+    """Loss weights against the class imbalance (~72% positive, ~9% neutral), mean 1 over classes."""
+    if scheme == "none":
+        return None
+    counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64)
+    weights = 1.0 / np.maximum(counts, 1.0)
+    if scheme == "sqrt":
+        weights = np.sqrt(weights)
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+def weighted_loss(weights: torch.Tensor | None):
+    def compute_loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits
+        weight = None if weights is None else weights.to(logits.device)
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
+
+    return compute_loss
+
+
+def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predicted = prediction.predictions.argmax(axis=1)
+    labels = prediction.label_ids
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(f1_score(labels, predicted, labels=range(len(LABELS)), average="macro", zero_division=0)),
+    }
+
+
+def to_dataset(frame: pd.DataFrame, tokenizer, max_length: int) -> Dataset:
+    dataset = Dataset.from_dict({"text": frame["text"].tolist(), "label": frame["label"].tolist()})
+    return dataset.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=["text"],
+    )
+
+
+def training_arguments(config: TrainConfig, output_dir: str, train_rows: int) -> TrainingArguments:
+    steps_per_epoch = max(math.ceil(train_rows / config.batch_size), 1)
+    eval_steps = max(steps_per_epoch // config.evals_per_epoch, 1)
+    return TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        logging_steps=max(eval_steps // 4, 1),
+        seed=config.seed,
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+
+def log_training_history(history: list[dict[str, float]]) -> None:
+    """Trainer's per-evaluation dev scores and running loss as MLflow metric histories."""
+    for entry in history:
+        step = int(entry.get("step", 0))
+        if "eval_macro_f1" in entry:
+            mlflow.log_metrics(
+                {"dev_accuracy": entry["eval_accuracy"], "dev_macro_f1": entry["eval_macro_f1"],
+                 "epoch": entry.get("epoch", 0.0)},
+                step=step,
+            )
+        elif "loss" in entry:
+            mlflow.log_metric("train_loss", entry["loss"], step=step)
+
+
+def save_model(model, tokenizer, metadata: ModelMetadata, out_dir: Path) -> None:
+    """Weights (safetensors), tokenizer and Re*Star metadata, swapped in whole."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        staging = Path(tmp) / out_dir.name
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        metadata.save(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+
+
+def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path) -> dict:
+    """Train, calibrate, save to out_dir/model, write metrics_dev.json and log the run to MLflow."""
+    settings = config.train
+    logger.info("config %s: %s", config_path, json.dumps(config.model_dump()))
+    set_seed(settings.seed)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+
+    train_frame = pd.read_parquet(data_dir / "train.parquet")
+    dev_frame = pd.read_parquet(data_dir / "dev.parquet")
+    data_stats = json.loads((data_dir / "stats.json").read_text())
+    labels = train_frame["label"].to_numpy()
+    weights = class_weights(labels, settings.class_weights)
+    logger.info("train %d rows, dev %d rows, class weights %s", len(train_frame), len(dev_frame),
+                None if weights is None else weights.tolist())
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        pretrained_dir,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+    )
+    base_model = json.loads((pretrained_dir / "restar_pretrained.json").read_text())
+
+    tracking_uri = configure_tracking()
+    with tempfile.TemporaryDirectory() as checkpoints, mlflow.start_run(
+        experiment_id=experiment_id(config.tracking.experiment), run_name=f"{config.name}-train"
+    ) as run:
+        mlflow.set_tags({"restar.config": str(config_path), "restar.config_name": config.name,
+                         "restar.base_model": base_model["source"]})
+        mlflow.log_params({**flatten(config), "base_model.layers": base_model["layers"],
+                           "data.content_sha256": data_stats["frozen_content_sha256"],
+                           **{f"data.{split}_rows": rows for split, rows in data_stats["rows"].items()}})
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(settings, checkpoints, len(train_frame)),
+            train_dataset=to_dataset(train_frame, tokenizer, settings.max_length),
+            eval_dataset=to_dataset(dev_frame, tokenizer, settings.max_length),
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_loss_func=weighted_loss(weights),
+            compute_metrics=compute_metrics,
+        )
+        trainer.train()
+        log_training_history(trainer.state.log_history)
+
+        model = trainer.model.to("cpu").eval()
+        raw_metadata = ModelMetadata(abstain_threshold=settings.abstain_threshold,
+                                     max_length=settings.max_length, base_model=base_model["source"])
+        dev_logits = InferenceCore(model, tokenizer, raw_metadata, settings.eval_batch_size).logits(
+            dev_frame["text"].tolist()
+        )
+        dev_labels = dev_frame["label"].to_numpy()
+        temperature = fit_temperature(dev_logits, dev_labels)
+        metadata = ModelMetadata(**{**raw_metadata.__dict__, "temperature": temperature})
+        dev_metrics = with_prefix(
+            classification_metrics(softmax(dev_logits, temperature), dev_labels, settings.abstain_threshold), "dev"
+        )
+        dev_metrics["dev_ece_uncalibrated"] = round(expected_calibration_error(softmax(dev_logits), dev_labels), 6)
+        dev_metrics["temperature"] = round(temperature, 6)
+        logger.info("temperature %.4f; dev metrics %s", temperature, dev_metrics)
+
+        model_dir = out_dir / "model"
+        save_model(model, tokenizer, metadata, model_dir)
+        (out_dir / "metrics_dev.json").write_text(json.dumps(dev_metrics, indent=2) + "\n")
+        mlflow.log_metrics(dev_metrics, step=trainer.state.global_step)
+        mlflow.log_artifact(str(out_dir / "metrics_dev.json"))
+        mlflow.log_artifact(str(data_dir / "stats.json"), artifact_path="data")
+        model_info = log_pyfunc(model_dir)
+        record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                  "tracking_uri": tracking_uri, "model_uri": model_info.model_uri,
+                  "run_model_uri": f"runs:/{run.info.run_id}/model"}
+        write_run_record(out_dir / "mlflow_run.json", record)
+        _log_train_log(out_dir)
+    return {**dev_metrics, **record}
+
+
+def _log_train_log(out_dir: Path) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    if (out_dir / "train.log").is_file():
+        mlflow.log_artifact(str(out_dir / "train.log"))
