@@ -45,8 +45,9 @@ def sample_texts(data_path: Path, n: int, seed: int = 0) -> list[str]:
     return texts.sample(n=n, replace=len(texts) < n, random_state=seed).tolist()
 
 
-def measure_latency(predict_fn: PredictFn, texts: list[str], warmup: int = 10,
-                    progress: bool = True) -> dict[str, object]:
+def measure_latency(
+    predict_fn: PredictFn, texts: list[str], warmup: int = 10, progress: bool = True
+) -> dict[str, object]:
     """Milliseconds per single-text call: the first `warmup` texts are untimed, the rest are timed."""
     if len(texts) <= warmup:
         raise ValueError(f"need more than {warmup} texts to time anything")

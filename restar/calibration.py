@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import torch
 
@@ -36,7 +38,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
+    for low, high in pairwise(edges):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
@@ -50,7 +52,7 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> t
     edges = np.linspace(0.0, 1.0, bins + 1)
     mean_conf = np.full(bins, np.nan)
     accuracy = np.full(bins, np.nan)
-    for i, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+    for i, (low, high) in enumerate(pairwise(edges)):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             mean_conf[i] = confidence[in_bin].mean()

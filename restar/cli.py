@@ -26,7 +26,11 @@ def json_option(command: Callable) -> Callable:
 
 def config_option(command: Callable) -> Callable:
     return click.option(
-        "--config", "config_path", type=EXISTING_FILE, default="configs/smoke.yaml", show_default=True,
+        "--config",
+        "config_path",
+        type=EXISTING_FILE,
+        default="configs/smoke.yaml",
+        show_default=True,
         help="Run config (YAML) to read.",
     )(command)
 
@@ -75,8 +79,14 @@ def cli(verbose: bool) -> None:
 
 @cli.command("fetch-model")
 @config_option
-@click.option("--out", "out_dir", type=OUT_DIR, default="artifacts/pretrained/model", show_default=True,
-              help="Folder to write the encoder to.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=OUT_DIR,
+    default="artifacts/pretrained/model",
+    show_default=True,
+    help="Folder to write the encoder to.",
+)
 @user_errors
 def fetch_model_command(config_path: Path, out_dir: Path) -> None:
     """Snapshot the pretrained encoder named by `model.source` into OUT.
@@ -90,10 +100,22 @@ def fetch_model_command(config_path: Path, out_dir: Path) -> None:
 
 
 @cli.command("freeze")
-@click.option("--config", "config_path", type=EXISTING_FILE, default="configs/data_frozen.yaml",
-              show_default=True, help="Data freeze config (YAML).")
-@click.option("--out", "out_dir", type=OUT_DIR, default="data/frozen", show_default=True,
-              help="Folder for {train,dev,eval}.parquet and stats.json.")
+@click.option(
+    "--config",
+    "config_path",
+    type=EXISTING_FILE,
+    default="configs/data_frozen.yaml",
+    show_default=True,
+    help="Data freeze config (YAML).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=OUT_DIR,
+    default="data/frozen",
+    show_default=True,
+    help="Folder for {train,dev,eval}.parquet and stats.json.",
+)
 @json_option
 @user_errors
 def freeze_command(config_path: Path, out_dir: Path, as_json: bool) -> None:
@@ -106,16 +128,33 @@ def freeze_command(config_path: Path, out_dir: Path, as_json: bool) -> None:
     from restar.freeze import freeze
 
     stats = freeze(load_freeze_config(config_path), out_dir)
-    report({"splits": {name: split["rows"] for name, split in stats["splits"].items()},
-            "rows_dropped": stats["rows_dropped"]}, as_json)
+    report(
+        {
+            "splits": {name: split["rows"] for name, split in stats["splits"].items()},
+            "rows_dropped": stats["rows_dropped"],
+        },
+        as_json,
+    )
 
 
 @cli.command("prepare")
 @config_option
-@click.option("--frozen", "frozen_dir", type=EXISTING_DIR, default="data/frozen", show_default=True,
-              help="Folder written by `restar freeze`.")
-@click.option("--out", "out_dir", type=OUT_DIR, default="data/raw", show_default=True,
-              help="Folder for the sampled splits.")
+@click.option(
+    "--frozen",
+    "frozen_dir",
+    type=EXISTING_DIR,
+    default="data/frozen",
+    show_default=True,
+    help="Folder written by `restar freeze`.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=OUT_DIR,
+    default="data/raw",
+    show_default=True,
+    help="Folder for the sampled splits.",
+)
 @json_option
 @user_errors
 def prepare_command(config_path: Path, frozen_dir: Path, out_dir: Path, as_json: bool) -> None:
@@ -131,15 +170,35 @@ def prepare_command(config_path: Path, frozen_dir: Path, out_dir: Path, as_json:
 
 @cli.command("train")
 @config_option
-@click.option("--pretrained", "pretrained_dir", type=EXISTING_DIR, default="artifacts/pretrained/model",
-              show_default=True, help="Encoder written by `restar fetch-model`.")
-@click.option("--data", "data_dir", type=EXISTING_DIR, default="data/raw", show_default=True,
-              help="Folder with train.parquet and dev.parquet.")
-@click.option("--out", "out_dir", type=OUT_DIR, default="outputs/dvc_run", show_default=True,
-              help="Run folder: model/, metrics_dev.json, train.log, mlflow_run.json.")
+@click.option(
+    "--pretrained",
+    "pretrained_dir",
+    type=EXISTING_DIR,
+    default="artifacts/pretrained/model",
+    show_default=True,
+    help="Encoder written by `restar fetch-model`.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=EXISTING_DIR,
+    default="data/raw",
+    show_default=True,
+    help="Folder with train.parquet and dev.parquet.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=OUT_DIR,
+    default="outputs/dvc_run",
+    show_default=True,
+    help="Run folder: model/, metrics_dev.json, train.log, mlflow_run.json.",
+)
 @json_option
 @user_errors
-def train_command(config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path, as_json: bool) -> None:
+def train_command(
+    config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path, as_json: bool
+) -> None:
     """Fine-tune, calibrate on dev, save the model and log the run to MLflow.
 
     Example: restar train --config configs/smoke.yaml
@@ -160,12 +219,30 @@ def train_command(config_path: Path, pretrained_dir: Path, data_dir: Path, out_d
 
 
 @cli.command("evaluate")
-@click.option("--model", "model_dir", type=EXISTING_DIR, default="outputs/dvc_run/model", show_default=True,
-              help="Trained model folder.")
-@click.option("--data", "data_dir", type=EXISTING_DIR, default="data/raw", show_default=True,
-              help="Folder with eval.parquet.")
-@click.option("--out", "out_dir", type=EXISTING_DIR, default="outputs/dvc_run", show_default=True,
-              help="Run folder holding mlflow_run.json; receives metrics_eval.json and plots/.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=EXISTING_DIR,
+    default="outputs/dvc_run/model",
+    show_default=True,
+    help="Trained model folder.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=EXISTING_DIR,
+    default="data/raw",
+    show_default=True,
+    help="Folder with eval.parquet.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=EXISTING_DIR,
+    default="outputs/dvc_run",
+    show_default=True,
+    help="Run folder holding mlflow_run.json; receives metrics_eval.json and plots/.",
+)
 @json_option
 @user_errors
 def evaluate_command(model_dir: Path, data_dir: Path, out_dir: Path, as_json: bool) -> None:
@@ -179,14 +256,29 @@ def evaluate_command(model_dir: Path, data_dir: Path, out_dir: Path, as_json: bo
 
 
 @cli.command("predict")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="CSV, Parquet or JSON Lines file with a `text` column.")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write predictions (.csv, .parquet or .jsonl); written atomically.")
-@click.option("--model-uri", default="models:/restar@production", show_default=True,
-              help="MLflow model URI (runs:/, models:/name@alias, models:/name/N) or a model folder.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Rows per model call.")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV, Parquet or JSON Lines file with a `text` column.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write predictions (.csv, .parquet or .jsonl); written atomically.",
+)
+@click.option(
+    "--model-uri",
+    default="models:/restar@production",
+    show_default=True,
+    help="MLflow model URI (runs:/, models:/name@alias, models:/name/N) or a model folder.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Rows per model call."
+)
 @user_errors
 def predict_command(input_path: Path, output_path: Path, model_uri: str, batch_size: int) -> None:
     """Predict label, confidence, p_neg, p_neu and p_pos for every input row.
@@ -200,20 +292,37 @@ def predict_command(input_path: Path, output_path: Path, model_uri: str, batch_s
 
 
 @cli.command("bench")
-@click.option("--model-uri", required=True,
-              help="MLflow model URI or model folder to benchmark.")
-@click.option("--data", "data_path", type=EXISTING_FILE, default="data/raw/eval.parquet", show_default=True,
-              help="Parquet file with a `text` column to draw real texts from.")
-@click.option("-n", "--calls", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Timed single-text calls.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Untimed calls first.")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the result JSON here.")
+@click.option("--model-uri", required=True, help="MLflow model URI or model folder to benchmark.")
+@click.option(
+    "--data",
+    "data_path",
+    type=EXISTING_FILE,
+    default="data/raw/eval.parquet",
+    show_default=True,
+    help="Parquet file with a `text` column to draw real texts from.",
+)
+@click.option(
+    "-n",
+    "--calls",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Timed single-text calls.",
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed calls first."
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the result JSON here.",
+)
 @json_option
 @user_errors
-def bench_command(model_uri: str, data_path: Path, calls: int, warmup: int, output_path: Path | None,
-                  as_json: bool) -> None:
+def bench_command(
+    model_uri: str, data_path: Path, calls: int, warmup: int, output_path: Path | None, as_json: bool
+) -> None:
     """Batch-size-1 latency (avg/p50/p95 ms) on real eval texts, with hardware and thread count.
 
     Example: restar bench --model-uri models:/restar@staging --output bench.json

@@ -79,7 +79,8 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(default=64, gt=0)
     max_length: int = Field(default=128, ge=8, le=512)
     class_weights: Literal["none", "sqrt", "balanced"] = Field(
-        default="sqrt", description="Loss weights per class: none, inverse sqrt frequency, or inverse frequency."
+        default="sqrt",
+        description="Loss weights per class: none, inverse sqrt frequency, or inverse frequency.",
     )
     evals_per_epoch: int = Field(default=1, ge=1, le=20)
     abstain_threshold: float = Field(default=DEFAULT_ABSTAIN_THRESHOLD, gt=0, lt=1)

@@ -57,8 +57,9 @@ def plot_risk_coverage(probs: np.ndarray, labels: np.ndarray, threshold: float, 
     fig.savefig(path, dpi=120)
 
 
-def plot_reliability(raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, temperature: float,
-                     path: Path) -> None:
+def plot_reliability(
+    raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, temperature: float, path: Path
+) -> None:
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")

@@ -62,7 +62,9 @@ def fetch_model(config: ModelConfig, out_dir: Path) -> Path:
     total_layers = model_config.num_hidden_layers
     if config.keep_layers is not None:
         if config.keep_layers > total_layers:
-            raise ModelSourceError(f"model.keep_layers={config.keep_layers} but {source_dir} has {total_layers}")
+            raise ModelSourceError(
+                f"model.keep_layers={config.keep_layers} but {source_dir} has {total_layers}"
+            )
         model_config.num_hidden_layers = config.keep_layers
     # Layers past num_hidden_layers are simply not loaded, so the cut keeps the pretrained lower layers.
     encoder = AutoModel.from_pretrained(source_dir, config=model_config)
@@ -84,6 +86,10 @@ def fetch_model(config: ModelConfig, out_dir: Path) -> Path:
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
-    logger.info("pretrained encoder written to %s (%d of %d layers)", out_dir, model_config.num_hidden_layers,
-                total_layers)
+    logger.info(
+        "pretrained encoder written to %s (%d of %d layers)",
+        out_dir,
+        model_config.num_hidden_layers,
+        total_layers,
+    )
     return out_dir

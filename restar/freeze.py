@@ -43,10 +43,7 @@ class DataSourceError(RuntimeError):
 def read_category(category: str, source: SourceConfig) -> pd.DataFrame:
     """One category's upstream rows, from RESTAR_DATA_DIR when set, else from the hub."""
     data_dir = os.environ.get(DATA_DIR_ENV)
-    if data_dir:
-        frame = _read_local(category, Path(data_dir))
-    else:
-        frame = _read_hub(category, source)
+    frame = _read_local(category, Path(data_dir)) if data_dir else _read_hub(category, source)
     frame = frame.reindex(columns=UPSTREAM_COLUMNS)
     frame.insert(0, "category", category)
     return frame
@@ -79,8 +76,9 @@ def _read_hub(category: str, source: SourceConfig) -> pd.DataFrame:
         HfApi().dataset_info(source.hub_repo, timeout=15)
     except Exception as exc:  # offline mode, DNS failure, proxy refusal: all mean "no hub"
         raise DataSourceError(
-            f"the Hugging Face hub is unreachable ({type(exc).__name__}). Set {DATA_DIR_ENV} to a folder of "
-            f"<Category>.jsonl(.gz) files from {source.hub_repo}, for example ../shared/data/amazon_reviews_2023"
+            f"the Hugging Face hub is unreachable ({type(exc).__name__}). Set {DATA_DIR_ENV} to a folder "
+            f"of <Category>.jsonl(.gz) files from {source.hub_repo}, "
+            "for example ../shared/data/amazon_reviews_2023"
         ) from exc
     url = f"hf://datasets/{source.hub_repo}/raw/review_categories/{category}.jsonl"
     logger.info("streaming %s", url)
@@ -201,9 +199,7 @@ def freeze(config: FreezeConfig, out_dir: Path) -> dict[str, object]:
     if cleaned.empty:
         raise DataSourceError("no usable rows left after cleaning")
     assignment = grouped_split(cleaned, config.split)
-    splits = {
-        name: cleaned[assignment == name][FROZEN_COLUMNS].reset_index(drop=True) for name in SPLITS
-    }
+    splits = {name: cleaned[assignment == name][FROZEN_COLUMNS].reset_index(drop=True) for name in SPLITS}
     stats = {
         "rows_read": read_counts,
         "rows_used": len(raw),

@@ -80,7 +80,9 @@ class InferenceCore:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         checkpoint_labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
         if checkpoint_labels != metadata.labels:
-            raise ValueError(f"{model_dir}: checkpoint labels {checkpoint_labels} != metadata {metadata.labels}")
+            raise ValueError(
+                f"{model_dir}: checkpoint labels {checkpoint_labels} != metadata {metadata.labels}"
+            )
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return cls(model, tokenizer, metadata, batch_size=batch_size)
 

@@ -28,7 +28,9 @@ def file_format(path: Path) -> str:
     try:
         return FORMATS[path.suffix.lower()]
     except KeyError:
-        raise PredictorError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(FORMATS)}") from None
+        raise PredictorError(
+            f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(FORMATS)}"
+        ) from None
 
 
 def read_input(path: Path) -> pd.DataFrame:
@@ -45,9 +47,7 @@ def read_input(path: Path) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_json(path, lines=True, dtype=False)
-    except ValueError as exc:
-        raise PredictorError(f"{path}: cannot parse as {kind}: {exc}") from exc
-    except Exception as exc:  # pyarrow and the csv parser raise their own error types
+    except (ValueError, OSError) as exc:  # parser, JSON, encoding and pyarrow errors all derive from these
         raise PredictorError(f"{path}: cannot read as {kind}: {exc}") from exc
     if "text" not in frame.columns:
         raise PredictorError(f"{path}: missing 'text' column (found: {', '.join(map(str, frame.columns))})")
@@ -75,8 +75,9 @@ def load_predict_fn(model_uri: str) -> PredictFn:
     return lambda texts: model.predict(pd.DataFrame({"text": list(texts)}))
 
 
-def predict_frame(frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 256,
-                  progress: bool = True) -> pd.DataFrame:
+def predict_frame(
+    frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 256, progress: bool = True
+) -> pd.DataFrame:
     """The input columns followed by the prediction columns, one row per input row, in order."""
     texts = ["" if is_blank(text) else str(text) for text in frame["text"]]
     chunks = []
@@ -108,8 +109,9 @@ def write_atomically(frame: pd.DataFrame, path: Path) -> None:
         raise
 
 
-def predict_file(input_path: Path, output_path: Path, model_uri: str, batch_size: int = 256,
-                 progress: bool = True) -> int:
+def predict_file(
+    input_path: Path, output_path: Path, model_uri: str, batch_size: int = 256, progress: bool = True
+) -> int:
     """Predict every row of `input_path` into `output_path`; returns the number of rows written."""
     file_format(output_path)
     frame = read_input(input_path)

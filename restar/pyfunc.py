@@ -15,7 +15,9 @@ from restar.inference import InferenceCore
 from restar.labels import OUTPUT_COLUMNS
 
 ENTRY_SCRIPT = Path(__file__).with_name("pyfunc_entry.py")
-INPUT_EXAMPLE = pd.DataFrame({"text": ["Arrived broken and support never answered.", "Does the job, nothing special."]})
+INPUT_EXAMPLE = pd.DataFrame(
+    {"text": ["Arrived broken and support never answered.", "Does the job, nothing special."]}
+)
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "text")]),
     outputs=Schema([ColSpec("string", "label")] + [ColSpec("double", name) for name in OUTPUT_COLUMNS[1:]]),

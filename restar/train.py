@@ -65,7 +65,9 @@ def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     labels = prediction.label_ids
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, labels=range(len(LABELS)), average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(labels, predicted, labels=range(len(LABELS)), average="macro", zero_division=0)
+        ),
     }
 
 
@@ -112,8 +114,11 @@ def log_training_history(history: list[dict[str, float]]) -> None:
         step = int(entry.get("step", 0))
         if "eval_macro_f1" in entry:
             mlflow.log_metrics(
-                {"dev_accuracy": entry["eval_accuracy"], "dev_macro_f1": entry["eval_macro_f1"],
-                 "epoch": entry.get("epoch", 0.0)},
+                {
+                    "dev_accuracy": entry["eval_accuracy"],
+                    "dev_macro_f1": entry["eval_macro_f1"],
+                    "epoch": entry.get("epoch", 0.0),
+                },
                 step=step,
             )
         elif "loss" in entry:
@@ -146,8 +151,12 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
     data_stats = json.loads((data_dir / "stats.json").read_text())
     labels = train_frame["label"].to_numpy()
     weights = class_weights(labels, settings.class_weights)
-    logger.info("train %d rows, dev %d rows, class weights %s", len(train_frame), len(dev_frame),
-                None if weights is None else weights.tolist())
+    logger.info(
+        "train %d rows, dev %d rows, class weights %s",
+        len(train_frame),
+        len(dev_frame),
+        None if weights is None else weights.tolist(),
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -159,14 +168,27 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
     base_model = json.loads((pretrained_dir / "restar_pretrained.json").read_text())
 
     tracking_uri = configure_tracking()
-    with tempfile.TemporaryDirectory() as checkpoints, mlflow.start_run(
-        experiment_id=experiment_id(config.tracking.experiment), run_name=f"{config.name}-train"
-    ) as run:
-        mlflow.set_tags({"restar.config": str(config_path), "restar.config_name": config.name,
-                         "restar.base_model": base_model["source"]})
-        mlflow.log_params({**flatten(config), "base_model.layers": base_model["layers"],
-                           "data.content_sha256": data_stats["frozen_content_sha256"],
-                           **{f"data.{split}_rows": rows for split, rows in data_stats["rows"].items()}})
+    with (
+        tempfile.TemporaryDirectory() as checkpoints,
+        mlflow.start_run(
+            experiment_id=experiment_id(config.tracking.experiment), run_name=f"{config.name}-train"
+        ) as run,
+    ):
+        mlflow.set_tags(
+            {
+                "restar.config": str(config_path),
+                "restar.config_name": config.name,
+                "restar.base_model": base_model["source"],
+            }
+        )
+        mlflow.log_params(
+            {
+                **flatten(config),
+                "base_model.layers": base_model["layers"],
+                "data.content_sha256": data_stats["frozen_content_sha256"],
+                **{f"data.{split}_rows": rows for split, rows in data_stats["rows"].items()},
+            }
+        )
         trainer = Trainer(
             model=model,
             args=training_arguments(settings, checkpoints, len(train_frame)),
@@ -181,8 +203,11 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
         log_training_history(trainer.state.log_history)
 
         model = trainer.model.to("cpu").eval()
-        raw_metadata = ModelMetadata(abstain_threshold=settings.abstain_threshold,
-                                     max_length=settings.max_length, base_model=base_model["source"])
+        raw_metadata = ModelMetadata(
+            abstain_threshold=settings.abstain_threshold,
+            max_length=settings.max_length,
+            base_model=base_model["source"],
+        )
         dev_logits = InferenceCore(model, tokenizer, raw_metadata, settings.eval_batch_size).logits(
             dev_frame["text"].tolist()
         )
@@ -190,9 +215,12 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
         temperature = fit_temperature(dev_logits, dev_labels)
         metadata = ModelMetadata(**{**raw_metadata.__dict__, "temperature": temperature})
         dev_metrics = with_prefix(
-            classification_metrics(softmax(dev_logits, temperature), dev_labels, settings.abstain_threshold), "dev"
+            classification_metrics(softmax(dev_logits, temperature), dev_labels, settings.abstain_threshold),
+            "dev",
         )
-        dev_metrics["dev_ece_uncalibrated"] = round(expected_calibration_error(softmax(dev_logits), dev_labels), 6)
+        dev_metrics["dev_ece_uncalibrated"] = round(
+            expected_calibration_error(softmax(dev_logits), dev_labels), 6
+        )
         dev_metrics["temperature"] = round(temperature, 6)
         logger.info("temperature %.4f; dev metrics %s", temperature, dev_metrics)
 
@@ -203,9 +231,13 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
         mlflow.log_artifact(str(out_dir / "metrics_dev.json"))
         mlflow.log_artifact(str(data_dir / "stats.json"), artifact_path="data")
         model_info = log_pyfunc(model_dir)
-        record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                  "tracking_uri": tracking_uri, "model_uri": model_info.model_uri,
-                  "run_model_uri": f"runs:/{run.info.run_id}/model"}
+        record = {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "tracking_uri": tracking_uri,
+            "model_uri": model_info.model_uri,
+            "run_model_uri": f"runs:/{run.info.run_id}/model",
+        }
         write_run_record(out_dir / "mlflow_run.json", record)
         _log_train_log(out_dir)
     return {**dev_metrics, **record}

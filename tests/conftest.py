@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_tiny_model
+from tests.synthetic_reviews import write_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "amazon_reviews_2023"
+
+
+@pytest.fixture(scope="session")
+def reviews_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Amazon Reviews 2023 rows where the shared folder exists, generated ones otherwise."""
+    configured = os.environ.get("RESTAR_DATA_DIR")
+    if configured:
+        return Path(configured)
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    return write_dataset(tmp_path_factory.mktemp("reviews"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer MiniLM classifier (pretrained encoder, untrained head) with Re*Star metadata."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh embedded MLflow store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri

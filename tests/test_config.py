@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from restar.config import ConfigError, FreezeConfig, RunConfig, load_freeze_config, load_run_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["smoke", "full", "ci"])
+def test_shipped_run_configs_load(name: str) -> None:
+    config = load_run_config(REPO_ROOT / "configs" / f"{name}.yaml")
+    assert isinstance(config, RunConfig)
+    assert config.name == name
+    assert config.train.abstain_threshold == 0.65
+
+
+def test_shipped_freeze_config_loads() -> None:
+    config = load_freeze_config(REPO_ROOT / "configs" / "data_frozen.yaml")
+    assert isinstance(config, FreezeConfig)
+    assert config.source.categories == ["Subscription_Boxes", "Sports_and_Outdoors"]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\ntrain:\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_run_config(path)
+    assert str(path) in str(error.value)
+    assert "train.epochz" in str(error.value)
+
+
+def test_bad_value_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\ntrain:\n  learning_rate: -1\n")
+    with pytest.raises(ConfigError, match=r"train\.learning_rate"):
+        load_run_config(path)
+
+
+def test_bad_choice_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\ntrain:\n  class_weights: cubic\n")
+    with pytest.raises(ConfigError, match=r"train\.class_weights"):
+        load_run_config(path)
+
+
+def test_threshold_that_can_never_abstain_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\ntrain:\n  abstain_threshold: 0.3\n")
+    with pytest.raises(ConfigError, match="abstain_threshold"):
+        load_run_config(path)
+
+
+def test_missing_required_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"name: Field required"):
+        load_run_config(path)
+
+
+def test_freeze_config_errors_name_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "source:\n  categories: []\nsplit:\n  eval_fraction: 0.9\n")
+    with pytest.raises(ConfigError) as error:
+        load_freeze_config(path)
+    assert "source.categories" in str(error.value)
+    assert "split.eval_fraction" in str(error.value)
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_run_config(write(tmp_path, "- a list\n"))

@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from restar.calibration import expected_calibration_error, fit_temperature, softmax
+from restar.inference import InferenceCore, decide, is_blank
+from restar.labels import ABSTAIN, OUTPUT_COLUMNS
+from restar.metrics import classification_metrics
+
+
+def test_abstention_boundary_is_exactly_the_threshold() -> None:
+    probs = np.array(
+        [
+            [0.65, 0.20, 0.15],  # exactly at the threshold: answered
+            [0.15, 0.20, 0.65],
+            [0.6499999, 0.2000001, 0.15],  # just below: abstain
+            [0.34, 0.33, 0.33],
+            [0.05, 0.90, 0.05],
+        ]
+    )
+    frame = decide(probs, threshold=0.65)
+    assert frame["label"].tolist() == ["negative", "positive", ABSTAIN, ABSTAIN, "neutral"]
+    assert frame["confidence"].tolist() == pytest.approx([0.65, 0.65, 0.6499999, 0.34, 0.90])
+    assert frame[["p_neg", "p_neu", "p_pos"]].to_numpy() == pytest.approx(probs)
+
+
+def test_threshold_comes_from_the_model_metadata(tiny_model_dir: Path) -> None:
+    core = InferenceCore.from_dir(tiny_model_dir)
+    texts = ["great", "awful product, broke", "it is fine I guess"]
+    probs = core.probabilities(texts)
+    strict = decide(probs, threshold=0.999)
+    assert (strict["label"] == ABSTAIN).all()
+    assert (
+        core.predict(texts)["label"].tolist()
+        == decide(probs, core.metadata.abstain_threshold)["label"].tolist()
+    )
+
+
+@pytest.mark.parametrize("value", [None, float("nan"), "", "   \n\t"])
+def test_blank_values(value) -> None:
+    assert is_blank(value)
+
+
+def test_core_predicts_every_row_in_order(tiny_model_dir: Path) -> None:
+    core = InferenceCore.from_dir(tiny_model_dir, batch_size=2)
+    texts = ["short", None, "a much longer review text " * 30, "", "🔥🔥🔥", "medium length text here"]
+    out = core.predict(texts)
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
+    assert len(out) == len(texts)
+    assert out.loc[[1, 3], "label"].tolist() == [ABSTAIN, ABSTAIN]
+    assert out.loc[[1, 3], "p_neg"].isna().all()
+    answered = out.drop(index=[1, 3])
+    assert answered[["p_neg", "p_neu", "p_pos"]].sum(axis=1).to_numpy() == pytest.approx(1.0)
+    # Batching sorts by length internally; each row must still get its own text's probabilities.
+    single = [core.probabilities([text])[0] for text in ["short", "🔥🔥🔥"]]
+    assert out.loc[0, ["p_neg", "p_neu", "p_pos"]].to_numpy(float) == pytest.approx(single[0], abs=1e-5)
+    assert out.loc[4, ["p_neg", "p_neu", "p_pos"]].to_numpy(float) == pytest.approx(single[1], abs=1e-5)
+
+
+def test_temperature_applies_to_logits(tiny_model_dir: Path) -> None:
+    core = InferenceCore.from_dir(tiny_model_dir)
+    logits = core.logits(["nice"])
+    assert core.probabilities(["nice"]) == pytest.approx(softmax(logits, core.metadata.temperature), abs=1e-6)
+    assert core.metadata.temperature == pytest.approx(1.3)
+
+
+def test_fit_temperature_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 3, size=(4000, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+    # Over-confident logits (x2.5): the fitted temperature should undo the scaling.
+    fitted = fit_temperature(true_logits * 2.5, labels)
+    assert fitted == pytest.approx(2.5, rel=0.1)
+    before = expected_calibration_error(softmax(true_logits * 2.5), labels)
+    after = expected_calibration_error(softmax(true_logits * 2.5, fitted), labels)
+    assert after < before
+
+
+def test_metrics_names_and_values() -> None:
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.5, 0.4], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]])
+    labels = np.array([0, 1, 2, 2])
+    metrics = classification_metrics(probs, labels, threshold=0.65)
+    assert set(metrics) == {
+        "accuracy",
+        "macro_f1",
+        "f1_negative",
+        "f1_neutral",
+        "f1_positive",
+        "coverage",
+        "selective_accuracy",
+        "ece",
+    }
+    assert metrics["accuracy"] == 0.75
+    assert metrics["coverage"] == 0.75
+    assert metrics["selective_accuracy"] == pytest.approx(2 / 3, abs=1e-6)

