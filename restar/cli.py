@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from registry.cli import json_option, registry_group
 from restar.config import ConfigError, load_freeze_config, load_run_config
 
 logger = logging.getLogger("restar")
@@ -17,11 +18,6 @@ logger = logging.getLogger("restar")
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
-
-
-def json_option(command: Callable) -> Callable:
-    """`--json`: print the result as JSON instead of plain text."""
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(command)
 
 
 def config_option(command: Callable) -> Callable:
@@ -44,7 +40,9 @@ def report(result: dict, as_json: bool) -> None:
 
 
 def user_errors(command: Callable) -> Callable:
-    """Turn the service layer's own errors into a one-line message and exit code 1."""
+    """Turn the service layer's own errors into a one-line message and exit code 1 (3 for the registry)."""
+    from registry.cli import RegistryCommandError
+    from registry.service import RegistryError
     from restar.fetch_model import ModelSourceError
     from restar.freeze import DataSourceError
     from restar.predictor import PredictorError
@@ -55,6 +53,8 @@ def user_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except (ConfigError, DataSourceError, ModelSourceError, PredictorError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except RegistryError as exc:
+            raise RegistryCommandError(str(exc)) from exc
 
     return wrapper
 
@@ -336,3 +336,84 @@ def bench_command(
         output_path.parent.mkdir(parents=True, exist_ok=True)
         output_path.write_text(json.dumps(result, indent=2) + "\n")
     report(result, as_json)
+
+
+@cli.command("register")
+@config_option
+@click.option(
+    "--run-dir",
+    type=EXISTING_DIR,
+    default="outputs/dvc_run",
+    show_default=True,
+    help="Run folder with mlflow_run.json, metrics_dev.json, metrics_eval.json and model/.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=EXISTING_DIR,
+    default="data/raw",
+    show_default=True,
+    help="Folder with the run's data stats.json.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="outputs/dvc_run/registered.json",
+    show_default=True,
+    help="Where to write the version record.",
+)
+@json_option
+@user_errors
+def register_command(config_path: Path, run_dir: Path, data_dir: Path, out_path: Path, as_json: bool) -> None:
+    """Register the run's logged model as a new version (lineage tags, eval metrics), alias `staging`.
+
+    Example: restar register --config configs/smoke.yaml
+    """
+    from registry.cli import describe
+    from restar.register import register
+
+    version = register(load_run_config(config_path), config_path, run_dir, data_dir)
+    record = describe(version)
+    out_path.write_text(json.dumps(record, indent=2) + "\n")
+    report({key: record[key] for key in ("name", "version", "uri", "aliases", "run_id")}, as_json)
+
+
+@cli.command("promote")
+@config_option
+@click.option(
+    "--registered",
+    "registered_path",
+    type=EXISTING_FILE,
+    default="outputs/dvc_run/registered.json",
+    show_default=True,
+    help="Version record written by `restar register`.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="outputs/dvc_run/promotion.json",
+    show_default=True,
+    help="Where to write the decision.",
+)
+@json_option
+@user_errors
+def promote_command(config_path: Path, registered_path: Path, out_path: Path, as_json: bool) -> None:
+    """Pipeline stage: promote the version just registered under the run config's promotion policy.
+
+    The same gates, audit log and exit codes as `restar-promote --version N --policy POLICY`.
+
+    Example: restar promote --config configs/smoke.yaml
+    """
+    from promotion.cli import EXIT_REJECTED, emit, execute, open_promoter
+
+    config = load_run_config(config_path)
+    version = json.loads(registered_path.read_text())["version"]
+    decision = execute(open_promoter(config.promotion.policy, None), version)
+    emit(decision, as_json, out_path)
+    if decision.decision == "rejected":
+        raise click.exceptions.Exit(EXIT_REJECTED)
+
+
+cli.add_command(registry_group)

@@ -92,6 +92,13 @@ class TrackingConfig(_Strict):
     registered_model: str = "restar"
 
 
+class PromotionConfig(_Strict):
+    policy: Path = Field(
+        default=Path("configs/promotion.yaml"),
+        description="The promotion policy the pipeline's promote stage uses.",
+    )
+
+
 class RunConfig(_Strict):
     name: str
     description: str = ""
@@ -99,6 +106,7 @@ class RunConfig(_Strict):
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     @model_validator(mode="after")
     def _threshold_reachable(self) -> RunConfig:
@@ -147,7 +155,7 @@ def load_freeze_config(path: str | Path) -> FreezeConfig:
 def flatten(config: BaseModel, prefix: str = "") -> dict[str, object]:
     """Flatten a config into dotted keys, for MLflow params."""
     flat: dict[str, object] = {}
-    for key, value in config.model_dump().items():
+    for key, value in config.model_dump(mode="json").items():
         _flatten_into(flat, f"{prefix}{key}", value)
     return flat
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import mlflow
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from registry.store import tracking_uri
+
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 
 
 def configure_tracking() -> str:
     """Point MLflow at the configured store and return its URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     return uri
 

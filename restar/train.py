@@ -141,7 +141,7 @@ def save_model(model, tokenizer, metadata: ModelMetadata, out_dir: Path) -> None
 def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path) -> dict:
     """Train, calibrate, save to out_dir/model, write metrics_dev.json and log the run to MLflow."""
     settings = config.train
-    logger.info("config %s: %s", config_path, json.dumps(config.model_dump()))
+    logger.info("config %s: %s", config_path, config.model_dump_json())
     set_seed(settings.seed)
     if settings.threads:
         torch.set_num_threads(settings.threads)

@@ -1,0 +1,210 @@
+"""`restar-promote`: gate a version into `production`, force, roll back, or show the status.
+
+Exit codes: 0 done, 1 a gate failed (nothing moved), 2 bad usage, 3 registry problem (unknown
+version, no `staging`, registry unreachable), 4 a concurrent promotion got there first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from promotion.policy import PolicyError, load_policy
+from promotion.promote import Decision, NothingToRollBack, Promoter, PromotionConflict
+from registry.audit import AuditLog, LockTimeout
+from registry.cli import EXIT_REGISTRY, json_option, table
+from registry.service import Registry, RegistryError
+
+EXIT_REJECTED = 1
+EXIT_CONFLICT = 4
+
+
+class PromoteError(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def open_promoter(policy_path: Path, audit_url: str | None, actor: str | None = None) -> Promoter:
+    """Policy, registry and audit log; any problem becomes a PromoteError with the right exit code."""
+    try:
+        policy = load_policy(policy_path)
+        return Promoter(Registry(policy.model), AuditLog(audit_url), policy, actor=actor)
+    except PolicyError as exc:
+        raise PromoteError(str(exc), 2) from exc
+    except RegistryError as exc:
+        raise PromoteError(str(exc), EXIT_REGISTRY) from exc
+
+
+def gate_table(decision: Decision) -> str:
+    rows = [
+        (
+            g.gate,
+            "PASS" if g.passed else "FAIL",
+            _number(g.value),
+            _number(g.threshold),
+            _number(g.margin),
+            g.detail,
+        )
+        for g in decision.gates
+    ]
+    return table(["gate", "result", "value", "threshold", "margin", "detail"], rows)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def summary(decision: Decision) -> str:
+    previous = "none" if decision.previous_version is None else f"v{decision.previous_version}"
+    what = {
+        "moved": f"{decision.alias} -> v{decision.version} (was {previous})",
+        "rejected": f"v{decision.version} rejected: {decision.alias} stays {previous}",
+        "unchanged": f"v{decision.version} already holds {decision.alias}",
+        "passed": f"dry run: v{decision.version} would pass",
+        "aborted": f"aborted: {decision.reason}",
+    }[decision.decision]
+    return f"{decision.action}: {what}"
+
+
+def emit(decision: Decision, as_json: bool, output: Path | None) -> None:
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(decision.as_dict(), indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(decision.as_dict(), indent=2))
+        return
+    if decision.gates:
+        click.echo(gate_table(decision))
+    click.echo(summary(decision))
+
+
+def execute(
+    promoter: Promoter,
+    version: int | None,
+    dry_run: bool = False,
+    rollback: bool = False,
+    force: bool = False,
+    reason: str = "",
+) -> Decision:
+    """Run one promotion action, mapping service errors to exit codes."""
+    try:
+        if rollback:
+            return promoter.rollback(reason)
+        return promoter.promote(version, dry_run=dry_run, force=force, reason=reason)
+    except (PromotionConflict, LockTimeout) as exc:
+        raise PromoteError(str(exc), EXIT_CONFLICT) from exc
+    except (RegistryError, NothingToRollBack) as exc:
+        raise PromoteError(str(exc), EXIT_REGISTRY) from exc
+
+
+def policy_option(command: Any) -> Any:
+    return click.option(
+        "--policy",
+        "policy_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default="configs/promotion.yaml",
+        show_default=True,
+        help="Promotion policy (YAML): the gates and their thresholds.",
+    )(command)
+
+
+def audit_option(command: Any) -> Any:
+    return click.option(
+        "--audit-db",
+        "audit_url",
+        envvar="RESTAR_AUDIT_DB_URL",
+        help="SQLAlchemy URL of the audit log [default: next to the MLflow store].",
+    )(command)
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--version", type=click.IntRange(min=1), help="Version to promote [default: the `staging` one]."
+)
+@policy_option
+@click.option("--dry-run", is_flag=True, help="Run the gates and record them; move nothing.")
+@click.option("--rollback", is_flag=True, help="Move `production` back to its previous version (audited).")
+@click.option("--force", is_flag=True, help="Move even if a gate fails (gates still run; needs --reason).")
+@click.option("--reason", default="", help="Why: recorded in the audit log.")
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the decision JSON here."
+)
+@audit_option
+@json_option
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    version: int | None,
+    policy_path: Path,
+    dry_run: bool,
+    rollback: bool,
+    force: bool,
+    reason: str,
+    output: Path | None,
+    audit_url: str | None,
+    as_json: bool,
+) -> None:
+    """Promote a registered version to `production` only if every gate of the policy passes.
+
+    \b
+    Examples:
+        restar-promote --version 3
+        restar-promote --dry-run
+        restar-promote --rollback --reason "v4 mislabels sarcasm"
+        restar-promote status
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if rollback and (version or force or dry_run):
+        raise click.UsageError("--rollback takes no --version, --force or --dry-run")
+    if force and not reason.strip():
+        raise click.UsageError("--force needs --reason")
+    promoter = open_promoter(policy_path, audit_url)
+    decision = execute(promoter, version, dry_run=dry_run, rollback=rollback, force=force, reason=reason)
+    emit(decision, as_json, output)
+    if decision.decision == "rejected" and not dry_run:
+        ctx.exit(EXIT_REJECTED)
+
+
+@cli.command("status")
+@policy_option
+@audit_option
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Recent decisions to show."
+)
+@json_option
+def status_command(policy_path: Path, audit_url: str | None, limit: int, as_json: bool) -> None:
+    """Aliases now, recent decisions, and a warning if `production` moved outside restar-promote.
+
+    Example: restar-promote status
+    """
+    try:
+        status = open_promoter(policy_path, audit_url).status(limit)
+    except RegistryError as exc:
+        raise PromoteError(str(exc), EXIT_REGISTRY) from exc
+    if as_json:
+        click.echo(json.dumps(status, indent=2, default=str))
+        return
+    aliases = (
+        ", ".join(f"{alias}=v{version}" for alias, version in sorted(status["aliases"].items())) or "none"
+    )
+    click.echo(f"{status['model']}: versions {status['versions'] or 'none'}; aliases {aliases}")
+    rows = [
+        (
+            r["created_at"],
+            r["action"],
+            r["decision"],
+            r["version"],
+            r["previous_version"],
+            r["actor"],
+            r["reason"],
+        )
+        for r in status["recent"]
+    ]
+    click.echo(table(["time", "action", "decision", "version", "previous", "actor", "reason"], rows))
+    if status["warning"]:
+        click.echo(f"WARNING: {status['warning']}", err=True)

@@ -1,0 +1,186 @@
+"""Promotion gates: small checks a candidate version must pass before it becomes `production`.
+
+A gate is a class with a `name`, a pydantic `Params` model and `check(candidate, production)`.
+Gates are found through the `restar.gates` entry-point group; the built-in ones below register
+through the same door as third-party ones (see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.service import VersionInfo
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str = ""
+    higher_is_better: bool = True
+
+    @property
+    def margin(self) -> float | None:
+        """How far past the threshold (positive) or short of it (negative)."""
+        if self.value is None or self.threshold is None:
+            return None
+        return self.value - self.threshold if self.higher_is_better else self.threshold - self.value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "margin": self.margin}
+
+
+class GateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Gate(ABC):
+    """Subclass with a `name`, a `Params` model and `check`; register under `restar.gates`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[GateParams]] = GateParams
+
+    def __init__(self, params: GateParams):
+        self.params = params
+
+    @abstractmethod
+    def check(self, candidate: VersionInfo, production: VersionInfo | None) -> GateResult: ...
+
+    higher_is_better: ClassVar[bool] = True
+
+    def result(
+        self, passed: bool, value: float | None, threshold: float | None, detail: str = ""
+    ) -> GateResult:
+        return GateResult(self.name, passed, value, threshold, detail, self.higher_is_better)
+
+
+class MetricParams(GateParams):
+    metric: str
+    min: float = Field(ge=0)
+
+
+class _MinimumMetricGate(Gate):
+    """Passes when the candidate's metric is at least `min`."""
+
+    Params: ClassVar[type[GateParams]] = MetricParams
+
+    def check(self, candidate: VersionInfo, production: VersionInfo | None) -> GateResult:
+        params: MetricParams = self.params  # type: ignore[assignment]
+        value = candidate.metrics.get(params.metric)
+        if value is None:
+            return self.result(False, None, params.min, f"version {candidate.version} has no {params.metric}")
+        return self.result(value >= params.min, value, params.min, f"{params.metric} >= {params.min}")
+
+
+class AccuracyParams(MetricParams):
+    metric: str = "eval_accuracy"
+    min: float = Field(default=0.90, ge=0, le=1)
+
+
+class AccuracyGate(_MinimumMetricGate):
+    name = "accuracy"
+    Params = AccuracyParams
+
+
+class CoverageParams(MetricParams):
+    metric: str = "eval_coverage"
+    min: float = Field(default=0.80, ge=0, le=1)
+
+
+class CoverageGate(_MinimumMetricGate):
+    name = "coverage"
+    Params = CoverageParams
+
+
+class NoRegressionParams(GateParams):
+    metric: str = "eval_macro_f1"
+    tolerance: float = Field(default=0.01, ge=0)
+
+
+class NoRegressionGate(Gate):
+    """Passes when the candidate is no worse than production on `metric`, give or take `tolerance`."""
+
+    name = "no_regression"
+    Params = NoRegressionParams
+
+    def check(self, candidate: VersionInfo, production: VersionInfo | None) -> GateResult:
+        params: NoRegressionParams = self.params  # type: ignore[assignment]
+        if production is None or production.version == candidate.version:
+            return self.result(
+                True, candidate.metrics.get(params.metric), None, "no other production version"
+            )
+        value = candidate.metrics.get(params.metric)
+        baseline = production.metrics.get(params.metric)
+        if value is None or baseline is None:
+            return self.result(False, value, baseline, f"{params.metric} missing on candidate or production")
+        floor = baseline - params.tolerance
+        detail = f"{params.metric} vs production v{production.version} ({baseline:.4f}) - {params.tolerance}"
+        return self.result(value >= floor, value, floor, detail)
+
+
+class LatencyParams(GateParams):
+    max_avg_ms: float = Field(default=200.0, gt=0)
+    max_p95_ms: float = Field(default=400.0, gt=0)
+    calls: int = Field(default=100, ge=1)
+    warmup: int = Field(default=10, ge=0)
+    data: Path = Field(
+        default=Path("data/raw/eval.parquet"), description="Real eval texts (parquet, `text`)."
+    )
+    timeout_s: float = Field(default=600.0, gt=0)
+
+
+class LatencyGate(Gate):
+    """Loads the candidate pyfunc in a fresh process and times batch-1 calls with `restar bench`."""
+
+    name = "latency"
+    Params = LatencyParams
+    higher_is_better = False
+
+    def check(self, candidate: VersionInfo, production: VersionInfo | None) -> GateResult:
+        params: LatencyParams = self.params  # type: ignore[assignment]
+        report = self.run_benchmark(candidate.uri, params)
+        avg, p95 = report["latency_avg_ms"], report["latency_p95_ms"]
+        hardware = report.get("hardware", {})
+        detail = (
+            f"avg {avg:.1f} ms (<= {params.max_avg_ms}), p95 {p95:.1f} ms (<= {params.max_p95_ms}); "
+            f"{report['calls']} calls, {hardware.get('torch_threads')} threads, {hardware.get('cpu')}"
+        )
+        passed = avg <= params.max_avg_ms and p95 <= params.max_p95_ms
+        return self.result(passed, avg, params.max_avg_ms, detail)
+
+    @staticmethod
+    def run_benchmark(model_uri: str, params: LatencyParams) -> dict[str, Any]:
+        restar = shutil.which(
+            "restar", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+        )
+        if restar is None:
+            raise RuntimeError("the `restar` command (restar bench) is not installed")
+        command = [
+            restar,
+            "bench",
+            "--model-uri",
+            model_uri,
+            "--data",
+            str(params.data),
+            "-n",
+            str(params.calls),
+            "--warmup",
+            str(params.warmup),
+            "--json",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=params.timeout_s)
+        if done.returncode != 0:
+            raise RuntimeError(f"restar bench failed: {done.stderr.strip().splitlines()[-1:]}")
+        return json.loads(done.stdout)

@@ -1,0 +1,222 @@
+"""Promote, force and roll back the `production` alias: gates first, then compare-and-set under a lock.
+
+Every attempt leaves one audit record, whatever its outcome.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from promotion.gates import Gate, GateResult
+from promotion.policy import Policy, build_gates
+from registry.audit import AuditLog
+from registry.service import STAGING, Registry, VersionInfo, VersionNotFound
+
+logger = logging.getLogger(__name__)
+
+
+class PromotionError(Exception):
+    """Base class for promotion outcomes that are not a plain gate failure."""
+
+
+class PromotionConflict(PromotionError):
+    """The alias moved while gates ran (a concurrent promotion): nothing was changed."""
+
+
+class NothingToRollBack(PromotionError):
+    """The audit log holds no earlier production version to return to."""
+
+
+@dataclass
+class Decision:
+    """What happened to one promotion attempt."""
+
+    action: str  # promote | force | rollback | dry_run
+    decision: str  # moved | rejected | aborted | unchanged | passed (dry run)
+    model: str
+    alias: str
+    version: int
+    previous_version: int | None
+    gates: list[GateResult] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+    @property
+    def moved(self) -> bool:
+        return self.decision == "moved"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "decision": self.decision,
+            "model": self.model,
+            "alias": self.alias,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "gates_passed": self.passed,
+            "gates": [gate.as_dict() for gate in self.gates],
+            "reason": self.reason,
+        }
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def run_gates(gates: list[Gate], candidate: VersionInfo, production: VersionInfo | None) -> list[GateResult]:
+    """Every gate's result; a gate that crashes fails with the error as its detail."""
+    results = []
+    for gate in gates:
+        try:
+            result = gate.check(candidate, production)
+        except Exception as exc:  # a broken plug-in must fail closed, not abort the audit
+            result = GateResult(gate.name, False, None, None, f"gate error: {type(exc).__name__}: {exc}")
+        logger.info("gate %s: %s", gate.name, "pass" if result.passed else "FAIL")
+        results.append(result)
+    return results
+
+
+class Promoter:
+    """Moves one alias (default `production`) of one registered model under one policy."""
+
+    def __init__(self, registry: Registry, audit: AuditLog, policy: Policy, actor: str | None = None):
+        self.registry = registry
+        self.audit = audit
+        self.policy = policy
+        self.alias = policy.alias
+        self.actor = actor or default_actor()
+        self.gates = build_gates(policy)
+
+    def promote(
+        self, version: int | None = None, dry_run: bool = False, force: bool = False, reason: str = ""
+    ) -> Decision:
+        """Run every gate on `version` (default: the `staging` version) and move the alias if all pass."""
+        if force and not reason.strip():
+            raise ValueError("--force needs --reason")
+        candidate = self.registry.version(version if version is not None else STAGING)
+        expected = self.registry.alias_version(self.alias)
+        gates = run_gates(self.gates, candidate, expected)
+        action = "dry_run" if dry_run else ("force" if force else "promote")
+        decision = Decision(
+            action,
+            "passed",
+            self.registry.model_name,
+            self.alias,
+            candidate.version,
+            expected.version if expected else None,
+            gates,
+            reason,
+        )
+        if dry_run:
+            decision.decision = "passed" if decision.passed else "rejected"
+        elif expected is not None and expected.version == candidate.version:
+            decision.decision = "unchanged"
+        elif decision.passed or force:
+            self._move(decision)
+            return decision
+        else:
+            decision.decision = "rejected"
+        self._record(decision)
+        return decision
+
+    def rollback(self, reason: str = "") -> Decision:
+        """Return the alias to the version it held before the current one, per the audit log."""
+        current = self.registry.alias_version(self.alias)
+        if current is None:
+            raise NothingToRollBack(f"{self.registry.model_name} has no {self.alias!r} alias to roll back")
+        last = self.audit.last_move(self.registry.model_name, self.alias)
+        if last is None or last.version != current.version or last.previous_version is None:
+            raise NothingToRollBack(
+                f"the audit log has no earlier {self.alias} version before v{current.version} of "
+                f"{self.registry.model_name}"
+            )
+        target = self.registry.version(last.previous_version)
+        decision = Decision(
+            "rollback",
+            "passed",
+            self.registry.model_name,
+            self.alias,
+            target.version,
+            current.version,
+            [],
+            reason,
+        )
+        self._move(decision)
+        return decision
+
+    def _move(self, decision: Decision) -> None:
+        """Compare-and-set under the model's lock: move only if the alias still holds the version it
+        held when the gates started (`decision.previous_version`)."""
+        holder = f"{self.actor}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        with self.audit.lock(self.registry.model_name, holder):
+            current = self.registry.alias_version(self.alias)
+            current_version = current.version if current else None
+            if current_version != decision.previous_version:
+                decision.decision = "aborted"
+                decision.reason = (
+                    f"{decision.reason} [{self.alias} moved from v{decision.previous_version} to "
+                    f"v{current_version} during this promotion]"
+                ).strip()
+                self._record(decision)
+                raise PromotionConflict(decision.reason)
+            self.registry.set_alias(self.alias, decision.version)
+            decision.decision = "moved"
+            self._record(decision)
+
+    def _record(self, decision: Decision) -> None:
+        self.audit.record(
+            model_name=decision.model,
+            alias=decision.alias,
+            version=decision.version,
+            previous_version=decision.previous_version,
+            action=decision.action,
+            decision=decision.decision,
+            gate_results=[gate.as_dict() for gate in decision.gates],
+            actor=self.actor,
+            reason=decision.reason,
+        )
+        try:
+            self.registry.set_tags(
+                decision.version,
+                {
+                    f"restar.{self.alias}.decision": f"{decision.action}:{decision.decision}",
+                    f"restar.{self.alias}.gates": json.dumps([gate.as_dict() for gate in decision.gates]),
+                    f"restar.{self.alias}.policy": self.policy.name,
+                },
+            )
+        except VersionNotFound:
+            logger.warning("could not tag version %s", decision.version)
+
+    def status(self, limit: int = 10) -> dict[str, Any]:
+        """Aliases now, recent decisions, and a warning when the alias moved outside restar-promote."""
+        versions = self.registry.versions()
+        aliases = {alias: v.version for v in versions for alias in v.aliases}
+        last = self.audit.last_move(self.registry.model_name, self.alias)
+        current = aliases.get(self.alias)
+        warning = None
+        if current is not None and (last is None or last.version != current):
+            warning = (
+                f"{self.alias} is v{current} but the last audited move set "
+                f"{'nothing' if last is None else f'v{last.version}'}: it was moved outside restar-promote"
+            )
+        return {
+            "model": self.registry.model_name,
+            "aliases": aliases,
+            "versions": [v.version for v in versions],
+            "recent": [record.as_dict() for record in self.audit.history(self.registry.model_name, limit)],
+            "warning": warning,
+        }

@@ -1,0 +1,181 @@
+"""The promotion audit log: every alias decision, and a per-model lock that serializes promotions.
+
+MLflow keeps no history of alias moves (mlflow/mlflow#2169); this SQLAlchemy database does. Its
+schema is versioned: `MIGRATIONS` is applied in order and the applied version is stored, so a new
+column is a new migration, never a rebuilt table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, delete, inspect, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from registry.store import default_audit_url
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "restar_audit_schema"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRecord(Base):
+    """One decision about one alias of one model version."""
+
+    __tablename__ = "restar_promotion_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(256), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    previous_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    action: Mapped[str] = mapped_column(String(32))  # promote | force | rollback | dry_run
+    decision: Mapped[str] = mapped_column(String(32))  # moved | rejected | aborted | passed
+    gate_results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    actor: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {column.name: getattr(self, column.name) for column in self.__table__.columns}
+
+
+class PromotionLock(Base):
+    """A row exists while someone is moving an alias of `model_name`."""
+
+    __tablename__ = "restar_promotion_lock"
+
+    model_name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def _v1_initial(connection: Connection) -> None:
+    tables = [AuditRecord.__table__, PromotionLock.__table__]
+    Base.metadata.create_all(connection, tables=tables)
+
+
+# Append only: position i + 1 is schema version i + 1.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+
+
+class LockTimeout(Exception):
+    """Another promotion of the same model held the lock for too long."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuditLog:
+    """The audit database at `url` (default: next to the MLflow store), migrated on open."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url or default_audit_url()
+        connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
+        self.engine = create_engine(self.url, connect_args=connect_args)
+        self.migrate()
+
+    @property
+    def schema_version(self) -> int:
+        with self.engine.connect() as connection:
+            if not inspect(connection).has_table(SchemaVersion.__tablename__):
+                return 0
+            return (
+                connection.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc())) or 0
+            )
+
+    def migrate(self) -> None:
+        """Apply the migrations this database has not seen yet, each in its own transaction."""
+        with self.engine.begin() as connection:
+            Base.metadata.create_all(connection, tables=[SchemaVersion.__table__])
+        for number, migration in enumerate(MIGRATIONS, start=1):
+            if number <= self.schema_version:
+                continue
+            try:
+                with self.engine.begin() as connection:
+                    migration(connection)
+                    connection.execute(
+                        SchemaVersion.__table__.insert(), {"version": number, "applied_at": utcnow()}
+                    )
+            except IntegrityError:
+                pass  # a concurrent process applied the same migration first
+
+    def record(self, **fields: Any) -> AuditRecord:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            row = AuditRecord(created_at=utcnow(), **fields)
+            session.add(row)
+        return row
+
+    def history(self, model_name: str, limit: int = 20) -> list[AuditRecord]:
+        """Newest first."""
+        query = (
+            select(AuditRecord)
+            .where(AuditRecord.model_name == model_name)
+            .order_by(AuditRecord.id.desc())
+            .limit(limit)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    def last_move(self, model_name: str, alias: str) -> AuditRecord | None:
+        """The most recent record that moved `alias` of `model_name`."""
+        query = (
+            select(AuditRecord)
+            .where(AuditRecord.model_name == model_name, AuditRecord.alias == alias)
+            .where(AuditRecord.decision == "moved")
+            .order_by(AuditRecord.id.desc())
+            .limit(1)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.scalars(query).first()
+
+    @contextmanager
+    def lock(
+        self, model_name: str, holder: str, wait_s: float = 60.0, stale_after_s: float = 600.0
+    ) -> Iterator[None]:
+        """Hold the promotion lock of `model_name`; a lock older than `stale_after_s` is taken over."""
+        deadline = time.monotonic() + wait_s
+        while not self._try_lock(model_name, holder, stale_after_s):
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"another promotion of {model_name!r} held the lock for over {wait_s:.0f}s")
+            time.sleep(0.1)
+        try:
+            yield
+        finally:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    delete(PromotionLock).where(
+                        PromotionLock.model_name == model_name, PromotionLock.holder == holder
+                    )
+                )
+
+    def _try_lock(self, model_name: str, holder: str, stale_after_s: float) -> bool:
+        stale = utcnow() - timedelta(seconds=stale_after_s)
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    delete(PromotionLock).where(
+                        PromotionLock.model_name == model_name, PromotionLock.acquired_at < stale
+                    )
+                )
+                connection.execute(
+                    PromotionLock.__table__.insert(),
+                    {"model_name": model_name, "holder": holder, "acquired_at": utcnow()},
+                )
+            return True
+        except (IntegrityError, OperationalError):  # held by someone else, or SQLite busy: try again
+            return False

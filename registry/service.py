@@ -1,0 +1,191 @@
+"""The registry service: versions of a registered model, their lineage and metrics, and aliases.
+
+A thin layer over `MlflowClient` that speaks in `VersionInfo` and raises its own exceptions, so the
+same code runs against the embedded SQLite store and a `mlflow server` over HTTP.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+import mlflow
+import requests
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from registry.store import tracking_uri as default_tracking_uri
+
+STAGING = "staging"
+PRODUCTION = "production"
+METRIC_TAG_PREFIX = "metric."
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class RegistryError(Exception):
+    """Base class for registry problems a user can act on."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The tracking/registry server cannot be reached."""
+
+
+class VersionNotFound(RegistryError):
+    """No such registered model, version or alias."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of a registered model, as gates, promotion and the CLI see it."""
+
+    name: str
+    version: int
+    run_id: str | None
+    source: str
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @classmethod
+    def from_mlflow(cls, version: ModelVersion) -> VersionInfo:
+        tags = dict(version.tags or {})
+        metrics = {
+            key.removeprefix(METRIC_TAG_PREFIX): float(value)
+            for key, value in tags.items()
+            if key.startswith(METRIC_TAG_PREFIX)
+        }
+        return cls(
+            name=version.name,
+            version=int(version.version),
+            run_id=version.run_id,
+            source=version.source,
+            aliases=tuple(sorted(version.aliases or ())),
+            tags={key: value for key, value in tags.items() if not key.startswith(METRIC_TAG_PREFIX)},
+            metrics=metrics,
+        )
+
+
+def _translate_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """MLflow and HTTP errors become RegistryUnavailable / VersionNotFound / RegistryError."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except requests.exceptions.ConnectionError as exc:
+            raise RegistryUnavailable(f"the MLflow registry is unreachable: {exc}") from exc
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                raise VersionNotFound(exc.message) from exc
+            if "Max retries exceeded" in exc.message or "Connection refused" in exc.message:
+                raise RegistryUnavailable(f"the MLflow registry is unreachable: {exc.message}") from exc
+            raise RegistryError(exc.message) from exc
+
+    return wrapper
+
+
+class Registry:
+    """Versions and aliases of one registered model (default `restar`)."""
+
+    def __init__(self, model_name: str = "restar", tracking_uri: str | None = None):
+        self.model_name = model_name
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self._check_reachable()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def _check_reachable(self) -> None:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        try:
+            requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=10).raise_for_status()
+        except requests.RequestException as exc:
+            raise RegistryUnavailable(
+                f"the MLflow server at {self.tracking_uri} is unreachable: {exc}"
+            ) from exc
+
+    @_translate_errors
+    def register(
+        self,
+        model_uri: str,
+        run_id: str,
+        lineage: dict[str, str],
+        metrics: dict[str, float],
+        alias: str | None = STAGING,
+    ) -> VersionInfo:
+        """A new version from a logged model, tagged with lineage and metrics, holding `alias`."""
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        tags = {**lineage, "restar.run_id": run_id}
+        tags.update({f"{METRIC_TAG_PREFIX}{name}": str(value) for name, value in metrics.items()})
+        created = mlflow.register_model(model_uri, self.model_name, tags=tags)
+        if alias:
+            self.client.set_registered_model_alias(self.model_name, alias, created.version)
+        return self.version(int(created.version))
+
+    @_translate_errors
+    def version(self, ref: int | str) -> VersionInfo:
+        """A version by number (`3`, `"3"`) or by alias (`"production"`)."""
+        if isinstance(ref, int) or str(ref).isdigit():
+            return VersionInfo.from_mlflow(self.client.get_model_version(self.model_name, str(ref)))
+        try:
+            return VersionInfo.from_mlflow(self.client.get_model_version_by_alias(self.model_name, str(ref)))
+        except MlflowException as exc:
+            raise VersionNotFound(f"registered model {self.model_name!r} has no alias {ref!r}") from exc
+
+    @_translate_errors
+    def alias_version(self, alias: str) -> VersionInfo | None:
+        """The version holding `alias`, or None when no version holds it (or the model does not exist)."""
+        try:
+            return self.version(alias)
+        except VersionNotFound:
+            return None
+
+    @_translate_errors
+    def set_alias(self, alias: str, version: int) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    @_translate_errors
+    def set_tags(self, version: int, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, str(version), key, value)
+
+    @_translate_errors
+    def versions(self) -> list[VersionInfo]:
+        """Every version, newest first."""
+        found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        return sorted((VersionInfo.from_mlflow(v) for v in found), key=lambda v: v.version, reverse=True)
+
+    @_translate_errors
+    def run_params(self, version: VersionInfo) -> dict[str, str]:
+        return dict(self.client.get_run(version.run_id).data.params) if version.run_id else {}
+
+    def compare(self, first: int | str, second: int | str) -> list[tuple[str, str, str]]:
+        """Rows (key, first, second) over metrics, lineage tags, params and aliases of two versions."""
+        a, b = self.version(first), self.version(second)
+        rows: list[tuple[str, str, str]] = [("version", str(a.version), str(b.version))]
+        rows.append(("aliases", ",".join(a.aliases) or "-", ",".join(b.aliases) or "-"))
+        rows += _side_by_side(a.metrics, b.metrics, prefix="metric ")
+        rows += _side_by_side(a.tags, b.tags, prefix="tag ")
+        rows += _side_by_side(self.run_params(a), self.run_params(b), prefix="param ", only_different=True)
+        return rows
+
+
+def _side_by_side(
+    a: dict[str, object], b: dict[str, object], prefix: str, only_different: bool = False
+) -> list[tuple[str, str, str]]:
+    rows = []
+    for key in sorted(set(a) | set(b)):
+        left, right = str(a.get(key, "-")), str(b.get(key, "-"))
+        if only_different and left == right:
+            continue
+        rows.append((f"{prefix}{key}", left, right))
+    return rows
