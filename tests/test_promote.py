@@ -1,0 +1,155 @@
+"""Promoter logic with an in-memory registry (the real-server version is tests/test_registry_server.py)."""
+
+from pathlib import Path
+
+import pytest
+
+from promotion.promote import NothingToRollBack, PromotionConflict, Promoter
+from promotion.policy import Policy
+from registry.audit import AuditLog
+from registry.service import VersionInfo, VersionNotFound
+
+
+class FakeRegistry:
+    model_name = "restar"
+
+    def __init__(self, accuracies: dict[int, float]):
+        self.accuracies = accuracies
+        self.aliases: dict[str, int] = {"staging": max(accuracies)}
+        self.tags: dict[int, dict[str, str]] = {v: {} for v in accuracies}
+        self.moves = 0
+
+    def version(self, ref: int | str) -> VersionInfo:
+        number = self.aliases.get(ref) if isinstance(ref, str) and not ref.isdigit() else int(ref)
+        if number not in self.accuracies:
+            raise VersionNotFound(f"no version {ref}")
+        aliases = tuple(a for a, v in self.aliases.items() if v == number)
+        return VersionInfo("restar", number, "run", "src", aliases, dict(self.tags[number]),
+                           {"eval_accuracy": self.accuracies[number]})
+
+    def alias_version(self, alias: str) -> VersionInfo | None:
+        return self.version(alias) if alias in self.aliases else None
+
+    def set_alias(self, alias: str, version: int) -> None:
+        self.aliases[alias] = version
+        self.moves += 1
+
+    def set_tags(self, version: int, tags: dict[str, str]) -> None:
+        self.tags[version].update(tags)
+
+    def versions(self) -> list[VersionInfo]:
+        return [self.version(v) for v in sorted(self.accuracies, reverse=True)]
+
+
+POLICY = Policy(name="test", gates=[{"name": "accuracy", "params": {"min": 0.9}}])
+
+
+@pytest.fixture
+def audit(tmp_path: Path) -> AuditLog:
+    return AuditLog(f"sqlite:///{tmp_path / 'audit.db'}")
+
+
+def promoter(registry: FakeRegistry, audit: AuditLog) -> Promoter:
+    return Promoter(registry, audit, POLICY, actor="tester")  # type: ignore[arg-type]
+
+
+def test_passing_version_moves_production_and_is_audited(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95})
+    decision = promoter(registry, audit).promote()  # default: the staging version
+    assert decision.decision == "moved"
+    assert registry.aliases["production"] == 1
+    (row,) = audit.history("restar")
+    assert (row.action, row.decision, row.version, row.previous_version) == ("promote", "moved", 1, None)
+    assert row.gate_results[0]["gate"] == "accuracy"
+    assert "promote:moved" in registry.tags[1]["restar.production.decision"]
+
+
+def test_failing_gate_moves_nothing_and_records_the_failure(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95, 2: 0.85})
+    promoter(registry, audit).promote(1)
+    decision = promoter(registry, audit).promote(2)
+    assert decision.decision == "rejected"
+    assert registry.aliases["production"] == 1
+    assert registry.moves == 1
+    latest = audit.history("restar")[0]
+    assert (latest.decision, latest.version, latest.previous_version) == ("rejected", 2, 1)
+    assert latest.gate_results[0]["passed"] is False
+    assert latest.gate_results[0]["margin"] == pytest.approx(-0.05)
+
+
+def test_dry_run_moves_nothing(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95})
+    decision = promoter(registry, audit).promote(1, dry_run=True)
+    assert decision.decision == "passed"
+    assert "production" not in registry.aliases
+    assert audit.history("restar")[0].action == "dry_run"
+
+
+def test_force_needs_a_reason_and_is_audited_as_forced(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.5})
+    with pytest.raises(ValueError, match="reason"):
+        promoter(registry, audit).promote(1, force=True)
+    decision = promoter(registry, audit).promote(1, force=True, reason="hotfix")
+    assert decision.decision == "moved"
+    assert not decision.passed
+    row = audit.history("restar")[0]
+    assert (row.action, row.reason) == ("force", "hotfix")
+
+
+def test_rollback_returns_to_the_previous_version(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95, 2: 0.96})
+    with pytest.raises(NothingToRollBack):
+        promoter(registry, audit).rollback()
+    promoter(registry, audit).promote(1)
+    promoter(registry, audit).promote(2)
+    decision = promoter(registry, audit).rollback(reason="bad outputs")
+    assert (decision.decision, decision.version, decision.previous_version) == ("moved", 1, 2)
+    assert registry.aliases["production"] == 1
+    assert audit.history("restar")[0].action == "rollback"
+
+
+def test_alias_moved_during_gates_aborts_without_moving(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95, 2: 0.96, 3: 0.97})
+    promoter(registry, audit).promote(1)
+    sneaky = promoter(registry, audit)
+    original = sneaky.gates[0].check
+
+    def check_while_someone_else_promotes(candidate, production):
+        registry.aliases["production"] = 3  # another promotion finished meanwhile
+        return original(candidate, production)
+
+    sneaky.gates[0].check = check_while_someone_else_promotes
+    with pytest.raises(PromotionConflict, match="moved from v1 to v3"):
+        sneaky.promote(2)
+    assert registry.aliases["production"] == 3
+    assert audit.history("restar")[0].decision == "aborted"
+
+
+def test_promoting_the_current_production_changes_nothing(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95})
+    promoter(registry, audit).promote(1)
+    assert promoter(registry, audit).promote(1).decision == "unchanged"
+    assert registry.moves == 1
+
+
+def test_crashing_gate_fails_closed(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95})
+    broken = promoter(registry, audit)
+
+    def explode(candidate, production):
+        raise RuntimeError("plug-in bug")
+
+    broken.gates[0].check = explode
+    decision = broken.promote(1)
+    assert decision.decision == "rejected"
+    assert "plug-in bug" in decision.gates[0].detail
+
+
+def test_status_warns_when_production_moved_outside(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95, 2: 0.96})
+    promoter(registry, audit).promote(1)
+    assert promoter(registry, audit).status()["warning"] is None
+    registry.aliases["production"] = 2  # someone used the MLflow UI
+    status = promoter(registry, audit).status()
+    assert "moved outside restar-promote" in status["warning"]
+    assert status["aliases"]["production"] == 2
