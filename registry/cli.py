@@ -24,9 +24,9 @@ def model_option(command: Callable) -> Callable:
     )(command)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with columns padded to their widest cell."""
-    cells = [list(map(str, headers))] + [["-" if v is None else str(v) for v in row] for row in rows]
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 60) -> str:
+    """A plain-text table, columns padded to their widest cell, cells cut at `max_width` (--json has all)."""
+    cells = [list(map(str, headers))] + [[_cell(v, max_width) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -34,6 +34,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def _cell(value: Any, max_width: int) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= max_width else text[: max_width - 3] + "..."
 
 
 class RegistryCommandError(click.ClickException):

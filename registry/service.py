@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ParamSpec, TypeVar
 
-import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -121,15 +120,30 @@ class Registry:
         metrics: dict[str, float],
         alias: str | None = STAGING,
     ) -> VersionInfo:
-        """A new version from a logged model, tagged with lineage and metrics, holding `alias`."""
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
+        """A new version of a logged model (`models:/m-<id>`), with lineage and metric tags, aliased."""
+        if not model_uri.startswith("models:/m-"):
+            raise RegistryError(f"expected a logged-model URI (models:/m-<id>), got {model_uri!r}")
+        logged = self.client.get_logged_model(model_uri.removeprefix("models:/"))
+        self._ensure_registered_model()
         tags = {**lineage, "restar.run_id": run_id}
         tags.update({f"{METRIC_TAG_PREFIX}{name}": str(value) for name, value in metrics.items()})
-        created = mlflow.register_model(model_uri, self.model_name, tags=tags)
+        created = self.client.create_model_version(
+            self.model_name,
+            source=logged.artifact_location,
+            run_id=run_id,
+            tags=tags,
+            model_id=logged.model_id,
+        )
         if alias:
             self.client.set_registered_model_alias(self.model_name, alias, created.version)
         return self.version(int(created.version))
+
+    def _ensure_registered_model(self) -> None:
+        try:
+            self.client.create_registered_model(self.model_name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
 
     @_translate_errors
     def version(self, ref: int | str) -> VersionInfo:
@@ -162,7 +176,16 @@ class Registry:
     def versions(self) -> list[VersionInfo]:
         """Every version, newest first."""
         found = self.client.search_model_versions(f"name = '{self.model_name}'")
-        return sorted((VersionInfo.from_mlflow(v) for v in found), key=lambda v: v.version, reverse=True)
+        if not found:
+            return []
+        # search results carry no aliases in every store; the registered model always has them.
+        aliases = self.client.get_registered_model(self.model_name).aliases
+        versions = []
+        for version in found:
+            info = VersionInfo.from_mlflow(version)
+            held = tuple(sorted(alias for alias, number in aliases.items() if int(number) == info.version))
+            versions.append(replace(info, aliases=held))
+        return sorted(versions, key=lambda v: v.version, reverse=True)
 
     @_translate_errors
     def run_params(self, version: VersionInfo) -> dict[str, str]:

@@ -13,8 +13,17 @@ def test_schema_is_versioned_and_history_survives_reopening(tmp_path: Path) -> N
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     log = AuditLog(url)
     assert log.schema_version == len(MIGRATIONS)
-    log.record(model_name="restar", alias="production", version=1, previous_version=None, action="promote",
-               decision="moved", gate_results=[{"gate": "accuracy", "passed": True}], actor="me", reason="")
+    log.record(
+        model_name="restar",
+        alias="production",
+        version=1,
+        previous_version=None,
+        action="promote",
+        decision="moved",
+        gate_results=[{"gate": "accuracy", "passed": True}],
+        actor="me",
+        reason="",
+    )
     reopened = AuditLog(url)
     assert reopened.schema_version == len(MIGRATIONS)
     (row,) = reopened.history("restar")

@@ -49,16 +49,26 @@ def test_no_regression_passes_without_production() -> None:
     assert gate.check(version(eval_macro_f1=0.1), None).passed
 
 
-@pytest.mark.parametrize(("avg", "p95", "passed"), [
-    (200.0, 300.0, True), (199.9, 300.0, True), (200.1, 300.0, False), (100.0, 400.1, False),
-])
+@pytest.mark.parametrize(
+    ("avg", "p95", "passed"),
+    [
+        (200.0, 300.0, True),
+        (199.9, 300.0, True),
+        (200.1, 300.0, False),
+        (100.0, 400.1, False),
+    ],
+)
 def test_latency_gate_at_the_threshold(monkeypatch, avg: float, p95: float, passed: bool) -> None:
     calls = []
 
     def fake_benchmark(model_uri, params):
         calls.append(model_uri)
-        return {"latency_avg_ms": avg, "latency_p95_ms": p95, "calls": 5,
-                "hardware": {"torch_threads": 2, "cpu": "test cpu"}}
+        return {
+            "latency_avg_ms": avg,
+            "latency_p95_ms": p95,
+            "calls": 5,
+            "hardware": {"torch_threads": 2, "cpu": "test cpu"},
+        }
 
     monkeypatch.setattr(LatencyGate, "run_benchmark", staticmethod(fake_benchmark))
     gate = LatencyGate(LatencyGate.Params(max_avg_ms=200, max_p95_ms=400))
@@ -76,7 +86,8 @@ def test_built_in_gates_come_through_the_entry_point_group() -> None:
 
 
 def test_third_party_gate_plugin_is_discovered(tmp_path: Path, monkeypatch) -> None:
-    (tmp_path / "restar_test_plugin.py").write_text(textwrap.dedent("""
+    (tmp_path / "restar_test_plugin.py").write_text(
+        textwrap.dedent("""
         from typing import ClassVar
         from promotion.gates import Gate, GateParams
 
@@ -90,11 +101,14 @@ def test_third_party_gate_plugin_is_discovered(tmp_path: Path, monkeypatch) -> N
             def check(self, candidate, production):
                 notes = candidate.tags.get("notes", "")
                 return self.result(bool(notes), len(notes.split()), self.params.max_words, "notes present")
-    """))
+    """)
+    )
     dist = tmp_path / "restar_test_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: restar-test-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[restar.gates]\nrelease_notes = restar_test_plugin:ReleaseNotesGate\n")
+    (dist / "entry_points.txt").write_text(
+        "[restar.gates]\nrelease_notes = restar_test_plugin:ReleaseNotesGate\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
 
     assert "release_notes" in available_gates()
@@ -115,7 +129,9 @@ def test_bad_gate_parameter_is_named() -> None:
     with pytest.raises(PolicyError, match=r"gates\.0\.params\.min"):
         build_gates(Policy(name="p", gates=[{"name": "accuracy", "params": {"min": 1.5}}]))
     with pytest.raises(PolicyError, match=r"gates\.1\.params\.max_avg"):
-        build_gates(Policy(name="p", gates=[{"name": "coverage"}, {"name": "latency", "params": {"max_avg": 1}}]))
+        build_gates(
+            Policy(name="p", gates=[{"name": "coverage"}, {"name": "latency", "params": {"max_avg": 1}}])
+        )
 
 
 def test_policy_file_errors(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def test_outputs(pipeline) -> None:
 def test_mlflow_run_has_params_metrics_artifacts_and_model(pipeline) -> None:
     project, env = pipeline
     record = json.loads((project / "outputs" / "dvc_run" / "mlflow_run.json").read_text())
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])  # reset after the test by conftest
     client = mlflow.MlflowClient()
     mlflow_run = client.get_run(record["run_id"])
     params = mlflow_run.data.params

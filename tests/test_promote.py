@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from promotion.promote import NothingToRollBack, PromotionConflict, Promoter
 from promotion.policy import Policy
+from promotion.promote import NothingToRollBack, Promoter, PromotionConflict
 from registry.audit import AuditLog
 from registry.service import VersionInfo, VersionNotFound
 
@@ -24,8 +24,15 @@ class FakeRegistry:
         if number not in self.accuracies:
             raise VersionNotFound(f"no version {ref}")
         aliases = tuple(a for a, v in self.aliases.items() if v == number)
-        return VersionInfo("restar", number, "run", "src", aliases, dict(self.tags[number]),
-                           {"eval_accuracy": self.accuracies[number]})
+        return VersionInfo(
+            "restar",
+            number,
+            "run",
+            "src",
+            aliases,
+            dict(self.tags[number]),
+            {"eval_accuracy": self.accuracies[number]},
+        )
 
     def alias_version(self, alias: str) -> VersionInfo | None:
         return self.version(alias) if alias in self.aliases else None
