@@ -1,0 +1,275 @@
+"""Registry and gated promotion against a real `mlflow server` on 127.0.0.1 (SQLite backend).
+
+Two CI training runs are registered as two versions; the tests then walk one story in file order:
+promote v1, reject v2, force and roll back, race ten promotions, serve `production`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from click.testing import CliRunner
+
+from promotion.cli import cli as promote_cli
+from promotion.policy import Policy
+from promotion.promote import Promoter, PromotionConflict
+from registry.audit import AuditLog
+from registry.service import Registry
+from restar.cli import cli as restar_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server` process, started and stopped here."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")  # noqa: SIM115 - the server writes to it until teardown
+    process = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def project(server: str, reviews_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two CI training runs logged to the server and registered as versions 1 and 2."""
+    root = tmp_path_factory.mktemp("registry_project")
+    shutil.copytree(REPO_ROOT / "configs", root / "configs")
+    second = yaml.safe_load((root / "configs" / "ci.yaml").read_text())
+    second["train"].update(seed=7, learning_rate=2.0e-4)
+    (root / "configs" / "ci_second.yaml").write_text(yaml.safe_dump(second))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": server,
+        "RESTAR_DATA_DIR": str(reviews_dir),
+        "RESTAR_AUDIT_DB_URL": f"sqlite:///{root / 'audit.db'}",
+    }
+
+    def restar(*args: str) -> None:
+        done = subprocess.run([str(BIN / "restar"), *args], cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"restar {' '.join(args)}:\n{done.stderr[-3000:]}"
+
+    restar("fetch-model", "--config", "configs/ci.yaml")
+    restar("freeze")
+    restar("prepare", "--config", "configs/ci.yaml")
+    for config, run_dir in (("configs/ci.yaml", "run1"), ("configs/ci_second.yaml", "run2")):
+        restar("train", "--config", config, "--out", run_dir)
+        restar("evaluate", "--model", f"{run_dir}/model", "--out", run_dir)
+        restar("register", "--config", config, "--run-dir", run_dir, "--out", f"{run_dir}/registered.json")
+    return root, env
+
+
+@pytest.fixture
+def in_project(project, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root, env = project
+    monkeypatch.chdir(root)
+    for key in ("PATH", "MLFLOW_TRACKING_URI", "RESTAR_AUDIT_DB_URL"):
+        monkeypatch.setenv(key, env[key])
+    return root
+
+
+def write_policy(root: Path, name: str, gates: list[dict]) -> Path:
+    path = root / "configs" / f"policy_{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "gates": gates}))
+    return path
+
+
+def production(server: str) -> int:
+    return Registry("restar", server).version("production").version
+
+
+def audit(root: Path) -> AuditLog:
+    return AuditLog(f"sqlite:///{root / 'audit.db'}")
+
+
+def test_two_versions_registered_with_lineage(server: str, in_project: Path) -> None:
+    registry = Registry("restar", server)
+    versions = {v.version: v for v in registry.versions()}
+    assert set(versions) == {1, 2}
+    assert versions[2].aliases == ("staging",)
+    for number, run_dir in ((1, "run1"), (2, "run2")):
+        record = json.loads((in_project / run_dir / "mlflow_run.json").read_text())
+        version = versions[number]
+        assert version.run_id == record["run_id"]
+        assert version.tags["restar.run_id"] == record["run_id"]
+        assert len(version.tags["restar.data_sha256"]) == 64
+        assert version.tags["restar.git_commit"]
+        assert version.tags["restar.config_name"] == "ci"
+        assert (
+            version.metrics["eval_accuracy"]
+            == json.loads((in_project / run_dir / "metrics_eval.json").read_text())["eval_accuracy"]
+        )
+    result = CliRunner().invoke(restar_cli, ["registry", "compare", "1", "2"])
+    assert result.exit_code == 0, result.output
+    assert "metric eval_accuracy" in result.output
+    assert "param train.seed" in result.output  # the two runs differ in seed
+
+
+def test_promote_v1_through_the_console_script(server: str, in_project: Path) -> None:
+    done = subprocess.run(
+        [str(BIN / "restar-promote"), "--version", "1", "--policy", "configs/promotion_ci.yaml"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "latency   PASS" in done.stdout
+    assert "production -> v1" in done.stdout
+    assert production(server) == 1
+    assert audit(in_project).history("restar")[0].decision == "moved"
+
+
+def test_failing_gate_leaves_production_alone(server: str, in_project: Path) -> None:
+    policy = write_policy(in_project, "strict", [{"name": "accuracy", "params": {"min": 0.99}}])
+    result = CliRunner().invoke(promote_cli, ["--version", "2", "--policy", str(policy)])
+    assert result.exit_code == 1
+    assert "accuracy  FAIL" in result.output
+    assert "v2 rejected: production stays v1" in result.output
+    assert production(server) == 1
+    latest = audit(in_project).history("restar")[0]
+    assert (latest.decision, latest.version, latest.previous_version) == ("rejected", 2, 1)
+    assert latest.gate_results[0]["passed"] is False
+
+
+def test_force_then_rollback(server: str, in_project: Path) -> None:
+    policy = write_policy(in_project, "strict", [{"name": "accuracy", "params": {"min": 0.99}}])
+    forced = CliRunner().invoke(
+        promote_cli, ["--version", "2", "--policy", str(policy), "--force", "--reason", "test hotfix"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert production(server) == 2
+    rolled = CliRunner().invoke(
+        promote_cli, ["--rollback", "--reason", "undo", "--policy", str(policy), "--json"]
+    )
+    assert rolled.exit_code == 0, rolled.output
+    assert json.loads(rolled.output)["version"] == 1
+    assert production(server) == 1
+    rows = audit(in_project).history("restar", limit=2)
+    assert [(r.action, r.decision, r.version) for r in rows] == [
+        ("rollback", "moved", 1),
+        ("force", "moved", 2),
+    ]
+
+
+def test_ten_concurrent_promotions(server: str, in_project: Path) -> None:
+    policy = Policy(name="race", gates=[{"name": "accuracy", "params": {"min": 0.0}}])
+    before = audit(in_project).history("restar", limit=1000)
+    start_version = production(server)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(10)
+
+    def attempt(index: int) -> None:
+        promoter = Promoter(Registry("restar", server), audit(in_project), policy, actor=f"thread-{index}")
+        barrier.wait()
+        try:
+            outcomes.append(promoter.promote(1 + index % 2).decision)
+        except PromotionConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    rows = audit(in_project).history("restar", limit=1000)
+    new = sorted(rows[: len(rows) - len(before)], key=lambda r: r.id)
+    assert len(outcomes) == 10
+    assert len(new) == 10  # every attempt left exactly one record
+    moved = [r for r in new if r.decision == "moved"]
+    assert len(moved) == outcomes.count("moved") >= 1
+    holder = start_version
+    for row in moved:  # each move starts where the previous one ended: no move lost or doubled
+        assert row.previous_version == holder
+        holder = row.version
+    assert production(server) == holder
+
+
+def test_production_loads_in_a_fresh_process(server: str, in_project: Path) -> None:
+    script = (
+        "import mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/restar@production');"
+        "out = m.predict(pd.DataFrame({'text': ['Great box, love it', 'Arrived broken']}));"
+        "print(out.to_json(orient='records'))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [set(row) for row in rows] == [{"label", "confidence", "p_neg", "p_neu", "p_pos"}] * 2
+
+
+def test_errors_have_their_own_exit_codes(server: str, in_project: Path, monkeypatch) -> None:
+    unknown = CliRunner().invoke(promote_cli, ["--version", "99", "--policy", "configs/promotion_ci.yaml"])
+    assert unknown.exit_code == 3
+    assert "99" in unknown.output
+    no_staging = write_policy(in_project, "other_model", [{"name": "accuracy"}])
+    no_staging.write_text(no_staging.read_text() + "model: nobody\n")
+    missing = CliRunner().invoke(promote_cli, ["--policy", str(no_staging)])
+    assert missing.exit_code == 3
+    assert "staging" in missing.output
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    down = CliRunner().invoke(promote_cli, ["--version", "1", "--policy", "configs/promotion_ci.yaml"])
+    assert down.exit_code == 3
+    assert "unreachable" in down.output
+
+
+def test_status_warns_when_production_moved_outside(server: str, in_project: Path) -> None:
+    fine = CliRunner().invoke(promote_cli, ["status", "--policy", "configs/promotion_ci.yaml"])
+    assert fine.exit_code == 0, fine.output
+    assert "production=v" in fine.output
+    assert "WARNING" not in fine.output
+    current = production(server)
+    Registry("restar", server).set_alias("production", 3 - current)  # e.g. someone clicked in the MLflow UI
+    warned = CliRunner().invoke(promote_cli, ["status", "--policy", "configs/promotion_ci.yaml"])
+    assert "moved outside restar-promote" in warned.output
