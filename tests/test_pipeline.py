@@ -28,7 +28,7 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def pipeline(reviews_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     project = tmp_path_factory.mktemp("pipeline")
-    for folder in ("restar", "configs"):
+    for folder in ("restar", "registry", "promotion", "configs"):
         shutil.copytree(REPO_ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
     (project / "params.yaml").write_text("restar:\n  config: configs/ci.yaml\n")
@@ -37,6 +37,7 @@ def pipeline(reviews_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "RESTAR_DATA_DIR": str(reviews_dir),
         "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+        "RESTAR_AUDIT_DB_URL": f"sqlite:///{project / 'audit.db'}",
     }
     run(["dvc", "init", "--no-scm", "-q"], project, env)
     run(["dvc", "repro"], project, env)
@@ -126,3 +127,20 @@ def test_dvc_metrics_plots_and_up_to_date(pipeline) -> None:
     assert (project / "plots_html" / "index.html").is_file()
     status = run(["dvc", "status"], project, env).stdout
     assert "up to date" in status.lower()
+
+
+def test_register_and_promote_stages(pipeline) -> None:
+    project, env = pipeline
+    run_dir = project / "outputs" / "dvc_run"
+    registered = json.loads((run_dir / "registered.json").read_text())
+    record = json.loads((run_dir / "mlflow_run.json").read_text())
+    assert registered["version"] == 1
+    assert registered["run_id"] == record["run_id"]
+    assert "staging" in registered["aliases"]
+    promotion = json.loads((run_dir / "promotion.json").read_text())
+    assert promotion["decision"] == "moved"
+    assert promotion["version"] == 1
+    assert {gate["gate"] for gate in promotion["gates"]} == {"accuracy", "latency"}
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    production = mlflow.MlflowClient().get_model_version_by_alias("restar", "production")
+    assert int(production.version) == 1
