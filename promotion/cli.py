@@ -51,7 +51,7 @@ def gate_table(decision: Decision) -> str:
         )
         for g in decision.gates
     ]
-    return table(["gate", "result", "value", "threshold", "margin", "detail"], rows)
+    return table(["gate", "result", "value", "threshold", "margin", "detail"], rows, max_width=110)
 
 
 def _number(value: float | None) -> str:
@@ -64,7 +64,7 @@ def summary(decision: Decision) -> str:
         "moved": f"{decision.alias} -> v{decision.version} (was {previous})",
         "rejected": f"v{decision.version} rejected: {decision.alias} stays {previous}",
         "unchanged": f"v{decision.version} already holds {decision.alias}",
-        "passed": f"dry run: v{decision.version} would pass",
+        "passed": f"v{decision.version} would pass",
         "aborted": f"aborted: {decision.reason}",
     }[decision.decision]
     return f"{decision.action}: {what}"
@@ -166,7 +166,7 @@ def cli(
     promoter = open_promoter(policy_path, audit_url)
     decision = execute(promoter, version, dry_run=dry_run, rollback=rollback, force=force, reason=reason)
     emit(decision, as_json, output)
-    if decision.decision == "rejected" and not dry_run:
+    if decision.decision == "rejected" and not dry_run:  # a dry run reports; it does not fail
         ctx.exit(EXIT_REJECTED)
 
 

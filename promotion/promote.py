@@ -123,13 +123,13 @@ class Promoter:
         )
         if dry_run:
             decision.decision = "passed" if decision.passed else "rejected"
+        elif not (decision.passed or force):
+            decision.decision = "rejected"
         elif expected is not None and expected.version == candidate.version:
             decision.decision = "unchanged"
-        elif decision.passed or force:
+        else:
             self._move(decision)
             return decision
-        else:
-            decision.decision = "rejected"
         self._record(decision)
         return decision
 
