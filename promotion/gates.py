@@ -182,5 +182,6 @@ class LatencyGate(Gate):
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=params.timeout_s)
         if done.returncode != 0:
-            raise RuntimeError(f"restar bench failed: {done.stderr.strip().splitlines()[-1:]}")
+            last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"restar bench failed: {last_line}")
         return json.loads(done.stdout)
