@@ -43,6 +43,7 @@ def user_errors(command: Callable) -> Callable:
     """Turn the service layer's own errors into a one-line message and exit code 1 (3 for the registry)."""
     from registry.cli import RegistryCommandError
     from registry.service import RegistryError
+    from restar.export_torchserve import ExportError
     from restar.fetch_model import ModelSourceError
     from restar.freeze import DataSourceError
     from restar.predictor import PredictorError
@@ -51,7 +52,7 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataSourceError, ModelSourceError, PredictorError) as exc:
+        except (ConfigError, DataSourceError, ModelSourceError, PredictorError, ExportError) as exc:
             raise click.ClickException(str(exc)) from exc
         except RegistryError as exc:
             raise RegistryCommandError(str(exc)) from exc
@@ -414,6 +415,56 @@ def promote_command(config_path: Path, registered_path: Path, out_path: Path, as
     emit(decision, as_json, out_path)
     if decision.decision == "rejected":
         raise click.exceptions.Exit(EXIT_REJECTED)
+
+
+@cli.command("export-torchserve")
+@click.option(
+    "--model-uri",
+    default="models:/restar@production",
+    show_default=True,
+    help="Registry URI to export: models:/name@alias or models:/name/N.",
+)
+@click.option(
+    "--artifacts",
+    "artifacts_dir",
+    type=OUT_DIR,
+    default="torchserve/artifacts",
+    show_default=True,
+    help="Folder for the unpacked model (weights, tokenizer, metadata, registry version).",
+)
+@click.option(
+    "--model-store",
+    type=OUT_DIR,
+    default="torchserve/model-store",
+    show_default=True,
+    help="Folder that receives restar.mar.",
+)
+@click.option(
+    "--handler",
+    type=EXISTING_FILE,
+    default="torchserve/handler.py",
+    show_default=True,
+    help="TorchServe handler to pack.",
+)
+@click.option(
+    "--model-config",
+    type=EXISTING_FILE,
+    default="torchserve/model-config.yaml",
+    show_default=True,
+    help="Workers and batching settings to pack.",
+)
+@json_option
+@user_errors
+def export_torchserve_command(
+    model_uri: str, artifacts_dir: Path, model_store: Path, handler: Path, model_config: Path, as_json: bool
+) -> None:
+    """Export a registered version (default: production) as a TorchServe archive.
+
+    Example: restar export-torchserve --model-uri models:/restar@production
+    """
+    from restar.export_torchserve import export_torchserve
+
+    report(export_torchserve(model_uri, artifacts_dir, model_store, handler, model_config), as_json)
 
 
 cli.add_command(registry_group)

@@ -1,0 +1,263 @@
+"""A real TorchServe process serving the exported production archive, token auth on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from registry.service import PRODUCTION, Registry, VersionNotFound
+from restar.export_torchserve import ExportError, export_torchserve
+from restar.pyfunc import log_pyfunc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TEXTS = ["Great box, love it!", "Arrived broken and nobody answered.", "It is fine, I guess.", "🔥🔥"]
+PROBS = ["p_neg", "p_neu", "p_pos"]
+pytestmark = pytest.mark.slow
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def registered(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """An embedded MLflow store whose `restar` has version 1 = production (the tiny model)."""
+    root = tmp_path_factory.mktemp("ts_registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(root)
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run() as run:
+            info = log_pyfunc(tiny_model_dir)
+        registry = Registry("restar", uri)
+        version = registry.register(info.model_uri, run.info.run_id, {}, {"eval_accuracy": 0.5})
+        registry.set_alias(PRODUCTION, version.version)
+        mlflow.set_tracking_uri(None)
+    return root, uri
+
+
+@pytest.fixture(scope="module")
+def served(registered, tmp_path_factory: pytest.TempPathFactory):
+    """Export models:/restar@production and serve it with the repository's config on free ports."""
+    _, uri = registered
+    work = tmp_path_factory.mktemp("torchserve")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        export_torchserve(
+            "models:/restar@production",
+            work / "artifacts",
+            work / "model-store",
+            REPO_ROOT / "torchserve" / "handler.py",
+            REPO_ROOT / "torchserve" / "model-config.yaml",
+        )
+    inference, management, metrics = free_ports(3)
+    config = (REPO_ROOT / "torchserve" / "config.properties").read_text()
+    for name, port in (("inference", inference), ("management", management), ("metrics", metrics)):
+        config = re.sub(
+            rf"^{name}_address=.*$", f"{name}_address=http://127.0.0.1:{port}", config, flags=re.M
+        )
+    (work / "config.properties").write_text(config)
+    (work / "tmp").mkdir()
+    env = {**os.environ, "TEMP": str(work / "tmp"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    command = [
+        str(BIN / "torchserve"),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--model-store",
+        str(work / "model-store"),
+        "--ts-config",
+        str(work / "config.properties"),
+    ]
+    log = open(work / "ts.log", "w")  # noqa: SIM115 - written by the server until teardown
+    process = subprocess.Popen(
+        command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{inference}"
+    key = wait_until_serving(base, work, process)
+    yield {
+        "base": base,
+        "key": key,
+        "work": work,
+        "env": env,
+        "process": process,
+        "management": f"http://127.0.0.1:{management}",
+        "metrics": f"http://127.0.0.1:{metrics}",
+    }
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+
+
+def wait_until_serving(base: str, work: Path, process: subprocess.Popen) -> str:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        key_file = work / "key_file.json"
+        if key_file.is_file():
+            key = json.loads(key_file.read_text())["inference"]["key"]
+            try:
+                if predict(base, key, {"text": "warm up"}).status_code == 200:
+                    return key
+            except requests.ConnectionError:
+                pass
+        time.sleep(1)
+    raise RuntimeError(f"TorchServe did not serve:\n{(work / 'ts.log').read_text()[-4000:]}")
+
+
+def predict(base: str, key: str | None, body: object, raw: bytes | None = None) -> requests.Response:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else json.dumps(body).encode()
+    return requests.post(f"{base}/predictions/restar", data=data, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pyfunc_predictions(registered) -> pd.DataFrame:
+    _, uri = registered
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/restar@production")
+        return model.predict(pd.DataFrame({"text": TEXTS}))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_single_and_batch_match_the_pyfunc(served, pyfunc_predictions: pd.DataFrame) -> None:
+    singles = [predict(served["base"], served["key"], {"text": text}) for text in TEXTS]
+    assert all(r.status_code == 200 for r in singles)
+    single_rows = pd.DataFrame([r.json() for r in singles])
+    batch = predict(served["base"], served["key"], {"texts": TEXTS})
+    assert batch.status_code == 200
+    batch_rows = pd.DataFrame(batch.json())
+    for rows in (single_rows, batch_rows):
+        assert rows["label"].tolist() == pyfunc_predictions["label"].tolist()
+        np.testing.assert_allclose(
+            rows[PROBS].to_numpy(float), pyfunc_predictions[PROBS].to_numpy(float), atol=1e-5
+        )
+        assert set(rows["model_version"]) == {1}
+
+
+def test_concurrent_requests_are_batched_and_all_answered(served, pyfunc_predictions: pd.DataFrame) -> None:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(
+            pool.map(lambda i: predict(served["base"], served["key"], {"text": TEXTS[i % 4]}), range(48))
+        )
+    assert [r.status_code for r in responses] == [200] * 48
+    for index, response in enumerate(responses):
+        expected = pyfunc_predictions.iloc[index % 4]
+        assert response.json()["p_pos"] == pytest.approx(expected["p_pos"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("body", "raw", "status", "message"),
+    [
+        (None, b'{"text": broken', 400, "not valid JSON"),
+        ({"review": "hi"}, None, 400, "missing 'text'"),
+        ({"text": ""}, None, 400, "text is empty"),
+        ({"text": 42}, None, 400, "must be a string"),
+        ({"texts": []}, None, 400, "non-empty list"),
+        ({"texts": ["ok", None]}, None, 400, "texts[1] must be a string"),
+        (["a", "list"], None, 400, "JSON object"),
+        ({"texts": ["x"] * 65}, None, 413, "too many texts"),
+        ({"text": "word " * 5000}, None, 413, "too long"),
+    ],
+)
+def test_bad_input_gets_a_4xx_and_the_worker_stays_up(served, body, raw, status: int, message: str) -> None:
+    response = predict(served["base"], served["key"], body, raw)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert predict(served["base"], served["key"], {"text": "still there?"}).status_code == 200
+
+
+def test_oversize_payload_is_refused_before_the_handler(served) -> None:
+    response = predict(served["base"], served["key"], {"text": "x" * 1_200_000})
+    assert response.status_code == 413
+    assert predict(served["base"], served["key"], {"text": "still there?"}).status_code == 200
+
+
+def test_requests_without_the_token_are_refused(served) -> None:
+    response = predict(served["base"], None, {"text": "hello"})
+    assert response.status_code in (400, 401)
+    assert "Token Authorization failed" in response.text
+    assert predict(served["base"], "wrong-key", {"text": "hello"}).status_code in (400, 401)
+
+
+def test_model_api_is_off_and_metrics_are_prometheus(served) -> None:
+    management_key = json.loads((served["work"] / "key_file.json").read_text())["management"]["key"]
+    register = requests.post(
+        f"{served['management']}/models",
+        params={"url": "restar.mar"},
+        headers={"Authorization": f"Bearer {management_key}"},
+        timeout=30,
+    )
+    assert register.status_code >= 400
+    assert "# TYPE" in requests.get(f"{served['metrics']}/metrics", timeout=30).text
+
+
+def test_export_without_production_alias_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(VersionNotFound, match=r"no alias 'production'"):
+        export_torchserve(
+            "models:/restar@production",
+            tmp_path / "a",
+            tmp_path / "m",
+            REPO_ROOT / "torchserve" / "handler.py",
+            REPO_ROOT / "torchserve" / "model-config.yaml",
+        )
+    with pytest.raises(ExportError, match="not a registry URI"):
+        export_torchserve(
+            "runs:/abc/model",
+            tmp_path / "a",
+            tmp_path / "m",
+            REPO_ROOT / "torchserve" / "handler.py",
+            REPO_ROOT / "torchserve" / "model-config.yaml",
+        )
+    assert not (tmp_path / "m").exists()
+
+
+def test_archive_carries_the_registry_version(served) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(served["work"] / "model-store" / "restar.mar") as archive:
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        assert json.loads(archive.read("registry.json"))["version"] == 1
+        assert "model.safetensors" in archive.namelist()
+    assert manifest["model"]["modelVersion"] == "1"
+
+
+def test_stops_cleanly(served) -> None:  # last: stops the shared server
+    done = subprocess.run(
+        [str(BIN / "torchserve"), "--stop"],
+        cwd=served["work"],
+        env=served["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert served["process"].wait(timeout=60) is not None
