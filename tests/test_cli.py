@@ -4,27 +4,61 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from promotion.cli import cli as promote_cli
 from restar.cli import cli
 
 COMMANDS = sorted(cli.commands)
 
 
+def walk(
+    root: click.Group, group: click.Group, path: list[str]
+) -> list[tuple[click.Group, list[str], click.Command]]:
+    """(root CLI, argument path, command) for `group` and every command below it."""
+    found = [(root, path, group)]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += walk(root, command, [*path, name])
+        else:
+            found.append((root, [*path, name], command))
+    return found
+
+
+EVERY_COMMAND = [*walk(cli, cli, []), *walk(promote_cli, promote_cli, [])]
+
+
 def test_all_commands_present() -> None:
-    assert set(COMMANDS) == {"bench", "evaluate", "fetch-model", "freeze", "predict", "prepare", "train"}
+    assert set(COMMANDS) == {
+        "bench",
+        "evaluate",
+        "export-torchserve",
+        "fetch-model",
+        "freeze",
+        "predict",
+        "prepare",
+        "promote",
+        "register",
+        "registry",
+        "train",
+    }
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_has_help(command: str) -> None:
-    result = CliRunner().invoke(cli, [command, "--help"])
-    assert result.exit_code == 0
+@pytest.mark.parametrize(
+    ("root", "path", "command"),
+    EVERY_COMMAND,
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_every_command_has_help(root: click.Group, path: list[str], command: click.Command) -> None:
+    result = CliRunner().invoke(root, [*path, "--help"])
+    assert result.exit_code == 0, result.output
     assert "Example" in result.output
-    for param in cli.commands[command].params:
-        if isinstance(param, __import__("click").Option) and param.name != "help":
-            assert param.help, f"{command} --{param.name} has no help text"
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help, f"{' '.join(path)} --{param.name} has no help text"
 
 
 def test_predict_through_the_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
