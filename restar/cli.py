@@ -275,7 +275,9 @@ def evaluate_command(model_dir: Path, data_dir: Path, out_dir: Path, as_json: bo
     "--model-uri",
     default="models:/restar@production",
     show_default=True,
+    envvar="RESTAR_MODEL_URI",
     help="MLflow model URI (runs:/, models:/name@alias, models:/name/N) or a model folder.",
+    show_envvar=True,
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Rows per model call."

@@ -1,0 +1,124 @@
+"""Static checks of the Dockerfiles and docker-compose.yml (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DOCKERFILES = ["Dockerfile", "torchserve/Dockerfile", "docker/mlflow.Dockerfile"]
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=f"{BIN}:{Path('/usr/local/bin')}:{Path('/usr/bin')}")
+    assert found, f"{name} is not installed (it comes with the dev extras)"
+    return found
+
+
+def instructions(path: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (REPO_ROOT / path).read_text())
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+def entrypoint(path: str = "Dockerfile") -> list[str]:
+    (value,) = [args for keyword, args in instructions(path) if keyword == "ENTRYPOINT"]
+    return json.loads(value)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_hadolint_is_clean(path: str) -> None:
+    done = subprocess.run(
+        [tool("hadolint"), "--failure-threshold", "info", str(REPO_ROOT / path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_images_are_pinned_non_root_and_cpu_only(path: str) -> None:
+    pairs = instructions(path)
+    bases = [args for keyword, args in pairs if keyword == "FROM"]
+    assert bases and all(re.search(r":\d[\w.-]*$", base) for base in bases), bases
+    users = [args for keyword, args in pairs if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    installs = " ".join(args for keyword, args in pairs if keyword == "RUN" and "pip install" in args)
+    if "torch" in installs:
+        assert "torch==2.13.0" in installs
+        assert "download.pytorch.org/whl/cpu" in installs
+
+
+def test_compose_matches_the_compose_spec() -> None:
+    done = subprocess.run(
+        [
+            tool("check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(REPO_ROOT / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_services_are_healthy_local_and_secret_free() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "mlflow", "torchserve", "predictor"}
+    for name in ("postgres", "mlflow", "torchserve"):
+        assert "healthcheck" in services[name], name
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    for match in re.finditer(r"PASSWORD:\s*(\S+)", text):
+        assert match.group(1).startswith("${"), "passwords must come from the env file"
+    assert "${POSTGRES_PASSWORD" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert services["predictor"]["image"] == "ml-app:v1"
+    assert services["predictor"]["profiles"] == ["batch"]
+    assert services["predictor"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert (REPO_ROOT / ".env.example").is_file()
+    assert ".env" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_predictor_image_runs_restar_predict() -> None:
+    assert entrypoint() == ["restar", "predict"]
+    env = " ".join(args for keyword, args in instructions("Dockerfile") if keyword == "ENV")
+    assert "RESTAR_MODEL_URI=${MODEL_URI}" in env
+    args = [args for keyword, args in instructions("Dockerfile") if keyword == "ARG"]
+    assert "MODEL_URI=models:/restar@production" in args
+
+
+def test_container_config_differs_from_the_local_one_only_in_addresses() -> None:
+    def settings(name: str) -> dict[str, str]:
+        lines = (REPO_ROOT / "torchserve" / name).read_text().splitlines()
+        pairs = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        return {k: v for k, v in pairs.items() if not k.endswith("_address")}
+
+    local, container = settings("config.properties"), settings("config.container.properties")
+    assert local == container
+    assert local["disable_token_authorization"] == "false"
+    assert local["enable_model_api"] == "false"
+    assert local["metrics_mode"] == "prometheus"
+    addresses = [
+        line
+        for line in (REPO_ROOT / "torchserve" / "config.properties").read_text().splitlines()
+        if line.endswith(("8080", "8081", "8082"))
+    ]
+    assert addresses and all("127.0.0.1" in line for line in addresses)
