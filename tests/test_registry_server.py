@@ -273,3 +273,44 @@ def test_status_warns_when_production_moved_outside(server: str, in_project: Pat
     Registry("restar", server).set_alias("production", 3 - current)  # e.g. someone clicked in the MLflow UI
     warned = CliRunner().invoke(promote_cli, ["status", "--policy", "configs/promotion_ci.yaml"])
     assert "moved outside restar-promote" in warned.output
+
+
+def test_predictor_entrypoint_serves_whatever_production_is(server: str, in_project: Path) -> None:
+    """`restar predict` exactly as ml-app:v1's ENTRYPOINT runs it, following the alias with no rebuild."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from tests.test_containers import entrypoint
+
+    reviews = pd.DataFrame({"text": ["Great box, love it", "Arrived broken", "", "Okay I guess"]})
+    reviews.to_csv(in_project / "reviews.csv", index=False)
+    program, *args = entrypoint()
+
+    def run_image(output: str) -> pd.DataFrame:
+        done = subprocess.run(
+            [str(BIN / program), *args, "--input", "reviews.csv", "--output", output],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return pd.read_parquet(in_project / output)
+
+    def expected(version: int) -> np.ndarray:
+        model = mlflow.pyfunc.load_model(f"models:/restar/{version}")
+        return model.predict(reviews[["text"]])[["p_neg", "p_neu", "p_pos"]].to_numpy(float)
+
+    first = production(server)
+    before = run_image("before.parquet")
+    assert len(before) == 4 and before.loc[2, "label"] == "abstain"
+    np.testing.assert_allclose(
+        before[["p_neg", "p_neu", "p_pos"]].to_numpy(float), expected(first), atol=1e-5
+    )
+
+    policy = Policy(name="any", gates=[{"name": "accuracy", "params": {"min": 0.0}}])
+    Promoter(Registry("restar", server), audit(in_project), policy).promote(3 - first)
+    after = run_image("after.parquet")
+    np.testing.assert_allclose(
+        after[["p_neg", "p_neu", "p_pos"]].to_numpy(float), expected(3 - first), atol=1e-5
+    )
+    assert not np.allclose(after[["p_pos"]].to_numpy(float)[:2], before[["p_pos"]].to_numpy(float)[:2])
