@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,22 +18,13 @@ import requests
 from registry.service import PRODUCTION, Registry, VersionNotFound
 from restar.export_torchserve import ExportError, export_torchserve
 from restar.pyfunc import log_pyfunc
+from restar.serve_local import LocalTorchServe, torchserve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TEXTS = ["Great box, love it!", "Arrived broken and nobody answered.", "It is fine, I guess.", "🔥🔥"]
 PROBS = ["p_neg", "p_neu", "p_pos"]
 pytestmark = pytest.mark.slow
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +46,7 @@ def registered(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def served(registered, tmp_path_factory: pytest.TempPathFactory):
+def served(registered, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTorchServe]:
     """Export models:/restar@production and serve it with the repository's config on free ports."""
     _, uri = registered
     work = tmp_path_factory.mktemp("torchserve")
@@ -72,68 +59,10 @@ def served(registered, tmp_path_factory: pytest.TempPathFactory):
             REPO_ROOT / "torchserve" / "handler.py",
             REPO_ROOT / "torchserve" / "model-config.yaml",
         )
-    inference, management, metrics = free_ports(3)
-    config = (REPO_ROOT / "torchserve" / "config.properties").read_text()
-    for name, port in (("inference", inference), ("management", management), ("metrics", metrics)):
-        config = re.sub(
-            rf"^{name}_address=.*$", f"{name}_address=http://127.0.0.1:{port}", config, flags=re.M
-        )
-    (work / "config.properties").write_text(config)
-    (work / "tmp").mkdir()
-    env = {**os.environ, "TEMP": str(work / "tmp"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    command = [
-        str(BIN / "torchserve"),
-        "--start",
-        "--foreground",
-        "--ncs",
-        "--model-store",
-        str(work / "model-store"),
-        "--ts-config",
-        str(work / "config.properties"),
-    ]
-    log = open(work / "ts.log", "w")  # noqa: SIM115 - written by the server until teardown
-    process = subprocess.Popen(
-        command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    base = f"http://127.0.0.1:{inference}"
-    key = wait_until_serving(base, work, process)
-    yield {
-        "base": base,
-        "key": key,
-        "work": work,
-        "env": env,
-        "process": process,
-        "management": f"http://127.0.0.1:{management}",
-        "metrics": f"http://127.0.0.1:{metrics}",
-    }
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    log.close()
-
-
-def wait_until_serving(base: str, work: Path, process: subprocess.Popen) -> str:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        key_file = work / "key_file.json"
-        if key_file.is_file():
-            key = json.loads(key_file.read_text())["inference"]["key"]
-            try:
-                if predict(base, key, {"text": "warm up"}).status_code == 200:
-                    return key
-            except requests.ConnectionError:
-                pass
-        time.sleep(1)
-    raise RuntimeError(f"TorchServe did not serve:\n{(work / 'ts.log').read_text()[-4000:]}")
-
-
-def predict(base: str, key: str | None, body: object, raw: bytes | None = None) -> requests.Response:
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    data = raw if raw is not None else json.dumps(body).encode()
-    return requests.post(f"{base}/predictions/restar", data=data, headers=headers, timeout=60)
+    with torchserve(
+        work / "model-store", REPO_ROOT / "torchserve" / "config.properties", work / "run"
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +77,10 @@ def pyfunc_predictions(registered) -> pd.DataFrame:
 
 
 def test_single_and_batch_match_the_pyfunc(served, pyfunc_predictions: pd.DataFrame) -> None:
-    singles = [predict(served["base"], served["key"], {"text": text}) for text in TEXTS]
+    singles = [served.predict({"text": text}) for text in TEXTS]
     assert all(r.status_code == 200 for r in singles)
     single_rows = pd.DataFrame([r.json() for r in singles])
-    batch = predict(served["base"], served["key"], {"texts": TEXTS})
+    batch = served.predict({"texts": TEXTS})
     assert batch.status_code == 200
     batch_rows = pd.DataFrame(batch.json())
     for rows in (single_rows, batch_rows):
@@ -164,9 +93,7 @@ def test_single_and_batch_match_the_pyfunc(served, pyfunc_predictions: pd.DataFr
 
 def test_concurrent_requests_are_batched_and_all_answered(served, pyfunc_predictions: pd.DataFrame) -> None:
     with ThreadPoolExecutor(max_workers=16) as pool:
-        responses = list(
-            pool.map(lambda i: predict(served["base"], served["key"], {"text": TEXTS[i % 4]}), range(48))
-        )
+        responses = list(pool.map(lambda i: served.predict({"text": TEXTS[i % 4]}), range(48)))
     assert [r.status_code for r in responses] == [200] * 48
     for index, response in enumerate(responses):
         expected = pyfunc_predictions.iloc[index % 4]
@@ -188,35 +115,41 @@ def test_concurrent_requests_are_batched_and_all_answered(served, pyfunc_predict
     ],
 )
 def test_bad_input_gets_a_4xx_and_the_worker_stays_up(served, body, raw, status: int, message: str) -> None:
-    response = predict(served["base"], served["key"], body, raw)
+    response = served.predict(body, raw=raw)
     assert response.status_code == status
     assert message in response.json()["error"]
-    assert predict(served["base"], served["key"], {"text": "still there?"}).status_code == 200
+    assert served.predict({"text": "still there?"}).status_code == 200
 
 
 def test_oversize_payload_is_refused_before_the_handler(served) -> None:
-    response = predict(served["base"], served["key"], {"text": "x" * 1_200_000})
+    response = served.predict({"text": "x" * 1_200_000})
     assert response.status_code == 413
-    assert predict(served["base"], served["key"], {"text": "still there?"}).status_code == 200
+    assert served.predict({"text": "still there?"}).status_code == 200
 
 
 def test_requests_without_the_token_are_refused(served) -> None:
-    response = predict(served["base"], None, {"text": "hello"})
+    response = served.predict(key=None, body={"text": "hello"})
     assert response.status_code in (400, 401)
     assert "Token Authorization failed" in response.text
-    assert predict(served["base"], "wrong-key", {"text": "hello"}).status_code in (400, 401)
+    assert served.predict(key="wrong-key", body={"text": "hello"}).status_code in (400, 401)
 
 
 def test_model_api_is_off_and_metrics_are_prometheus(served) -> None:
-    management_key = json.loads((served["work"] / "key_file.json").read_text())["management"]["key"]
     register = requests.post(
-        f"{served['management']}/models",
+        f"{served.management_url}/models",
         params={"url": "restar.mar"},
-        headers={"Authorization": f"Bearer {management_key}"},
+        headers={"Authorization": f"Bearer {served.keys['management']}"},
         timeout=30,
     )
     assert register.status_code >= 400
-    assert "# TYPE" in requests.get(f"{served['metrics']}/metrics", timeout=30).text
+    assert "# TYPE" in requests.get(f"{served.metrics_url}/metrics", timeout=30).text
+    assert requests.get(f"{served.inference_url}/ping", timeout=30).status_code in (400, 401)  # token needed
+
+
+def test_container_healthcheck_script(served, tmp_path: Path) -> None:
+    script = [sys.executable, str(REPO_ROOT / "torchserve" / "healthcheck.py"), served.inference_url]
+    assert subprocess.run(script, cwd=served.workdir, capture_output=True).returncode == 0
+    assert subprocess.run(script, cwd=tmp_path, capture_output=True).returncode == 1  # no key file here
 
 
 def test_export_without_production_alias_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
@@ -243,21 +176,17 @@ def test_export_without_production_alias_is_a_clear_error(tmp_path: Path, monkey
 def test_archive_carries_the_registry_version(served) -> None:
     import zipfile
 
-    with zipfile.ZipFile(served["work"] / "model-store" / "restar.mar") as archive:
+    with zipfile.ZipFile(served.workdir.parent / "model-store" / "restar.mar") as archive:
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         assert json.loads(archive.read("registry.json"))["version"] == 1
         assert "model.safetensors" in archive.namelist()
     assert manifest["model"]["modelVersion"] == "1"
 
 
+def test_memory_is_measured(served) -> None:
+    assert 100 < served.memory_rss_mb() < 8000
+
+
 def test_stops_cleanly(served) -> None:  # last: stops the shared server
-    done = subprocess.run(
-        [str(BIN / "torchserve"), "--stop"],
-        cwd=served["work"],
-        env=served["env"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert served["process"].wait(timeout=60) is not None
+    assert served.stop() == 0
+    assert served.process.poll() == 0
