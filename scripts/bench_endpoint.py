@@ -1,0 +1,195 @@
+"""Benchmark the TorchServe endpoint: batch-1 latency and throughput at 1, 8 and 32 concurrent clients.
+
+Serves the exported archive (torchserve/model-store/restar.mar) with the repository's config on
+free loopback ports, once per worker/batching variant, and sends real eval texts. Writes JSON and a
+PNG; prints a table. The load generator runs on the same 2 cores as the server: numbers are an
+upper bound on what a separate client machine would see.
+
+    python scripts/bench_endpoint.py --variants 1x1 1x8 2x8 --output outputs/bench/endpoint.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from restar.bench import hardware, sample_texts
+from restar.serve_local import LocalTorchServe, torchserve
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def archive_variant(source: Path, target_dir: Path, workers: int, batch_size: int) -> Path:
+    """A copy of the archive whose packed model-config.yaml has the given workers and batch size."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / source.name
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as new:
+        for item in old.infolist():
+            data = old.read(item.filename)
+            if item.filename == "model-config.yaml":
+                config = yaml.safe_load(data)
+                config.update(minWorkers=workers, maxWorkers=workers, batchSize=batch_size)
+                data = yaml.safe_dump(config).encode()
+            new.writestr(item, data)
+    return target
+
+
+def run_level(server: LocalTorchServe, texts: list[str], clients: int, per_client: int) -> dict[str, float]:
+    """`clients` threads each send `per_client` single-text requests back to back."""
+    key = server.keys["inference"]
+
+    def client(index: int) -> list[tuple[float, bool]]:
+        results = []
+        for n in range(per_client):
+            text = texts[(index * per_client + n) % len(texts)]
+            start = time.perf_counter()
+            try:
+                ok = server.predict({"text": text}, key=key, timeout=120).status_code == 200
+            except OSError:
+                ok = False
+            results.append(((time.perf_counter() - start) * 1000, ok))
+        return results
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        results = [r for chunk in pool.map(client, range(clients)) for r in chunk]
+    wall = time.perf_counter() - start
+    latencies = np.array([ms for ms, ok in results if ok])
+    failed = sum(1 for _, ok in results if not ok)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "failed": failed,
+        "failed_ratio": round(failed / len(results), 4),
+        "throughput_rps": round((len(results) - failed) / wall, 1),
+        "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2) if len(latencies) else None,
+        "latency_p95_ms": round(float(np.percentile(latencies, 95)), 2) if len(latencies) else None,
+        "latency_avg_ms": round(float(latencies.mean()), 2) if len(latencies) else None,
+    }
+
+
+def bench_variant(
+    archive: Path, config: Path, texts: list[str], clients: list[int], requests_per_level: int, workdir: Path
+) -> dict[str, object]:
+    with torchserve(archive.parent, config, workdir) as server:
+        for text in texts[:20]:  # warm-up
+            server.predict({"text": text})
+        levels = [run_level(server, texts, c, max(requests_per_level // c, 5)) for c in clients]
+        memory = server.memory_rss_mb()
+    return {"levels": levels, "server_rss_mb": round(memory, 1)}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    fig = Figure(figsize=(10, 4))
+    latency_ax, throughput_ax = fig.subplots(1, 2)
+    for result in results:
+        clients = [level["clients"] for level in result["levels"]]
+        latency_ax.plot(
+            clients,
+            [level["latency_p50_ms"] for level in result["levels"]],
+            marker="o",
+            label=f"{result['variant']} p50",
+        )
+        latency_ax.plot(
+            clients,
+            [level["latency_p95_ms"] for level in result["levels"]],
+            marker="x",
+            linestyle="--",
+            label=f"{result['variant']} p95",
+        )
+        throughput_ax.plot(
+            clients,
+            [level["throughput_rps"] for level in result["levels"]],
+            marker="o",
+            label=result["variant"],
+        )
+    for ax, title, unit in ((latency_ax, "Latency", "ms"), (throughput_ax, "Throughput", "requests/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{title} (workers x batchSize)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=REPO_ROOT / "torchserve/model-store/restar.mar",
+        help="Archive written by `restar export-torchserve`.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=REPO_ROOT / "torchserve/config.properties",
+        help="TorchServe config (its listen addresses are replaced by free loopback ports).",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=REPO_ROOT / "data/raw/eval.parquet",
+        help="Parquet file of real texts to send.",
+    )
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="Concurrency levels.")
+    parser.add_argument("--requests", type=int, default=320, help="Requests per concurrency level.")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["1x8"],
+        help="WORKERSxBATCHSIZE settings to compare, e.g. 1x1 1x8 2x8.",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO_ROOT / "outputs/bench/endpoint.json",
+        help="Result JSON (a PNG with the same name is written beside it).",
+    )
+    args = parser.parse_args()
+
+    texts = sample_texts(args.data, 500)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants:
+            workers, batch_size = (int(part) for part in variant.split("x"))
+            archive = archive_variant(args.archive, Path(tmp) / variant / "store", workers, batch_size)
+            result = bench_variant(
+                archive, args.config, texts, args.clients, args.requests, Path(tmp) / variant / "run"
+            )
+            results.append({"variant": variant, "workers": workers, "batch_size": batch_size, **result})
+            for level in result["levels"]:
+                print(
+                    f"{variant:>5}  clients={level['clients']:>2}  p50={level['latency_p50_ms']} ms  "
+                    f"p95={level['latency_p95_ms']} ms  {level['throughput_rps']} req/s  "
+                    f"failed={level['failed']}/{level['requests']}  rss={result['server_rss_mb']} MiB"
+                )
+    report = {
+        "archive": str(args.archive),
+        "mean_words": round(statistics.mean(len(t.split()) for t in texts), 1),
+        "hardware": hardware(),
+        "note": "load generator shares the machine's cores with the server",
+        "results": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, args.output.with_suffix(".png"))
+    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
