@@ -10,7 +10,9 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from restar.calibration import softmax
 from restar.labels import ABSTAIN, DEFAULT_ABSTAIN_THRESHOLD, LABELS, OUTPUT_COLUMNS, PROBABILITY_COLUMNS
 
 METADATA_FILE = "restar.json"
+MODEL_KIND_GROUP = "restar.model_kinds"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class ModelMetadata:
     max_length: int = 128
     base_model: str = ""
     labels: tuple[str, ...] = LABELS
+    kind: str = "transformer"
 
     def save(self, model_dir: Path) -> None:
         (model_dir / METADATA_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -64,31 +68,37 @@ def decide(probs: np.ndarray, threshold: float, labels: Sequence[str] = LABELS) 
     return frame
 
 
-class InferenceCore:
-    """A fine-tuned classifier with its temperature and abstention threshold."""
+class Scorer(Protocol):
+    """A model kind: raw class scores (logits) for texts. Kinds register under `restar.model_kinds`."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, metadata: ModelMetadata, batch_size: int = 32):
+    @classmethod
+    def load(cls, model_dir: Path, metadata: ModelMetadata, batch_size: int) -> Scorer: ...
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class TransformerScorer:
+    """A fine-tuned Hugging Face sequence classifier."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_length: int, batch_size: int = 32):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.metadata = metadata
+        self.max_length = max_length
         self.batch_size = batch_size
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, batch_size: int = 32) -> InferenceCore:
-        model_dir = Path(model_dir)
-        metadata = ModelMetadata.load(model_dir)
+    def load(cls, model_dir: Path, metadata: ModelMetadata, batch_size: int = 32) -> TransformerScorer:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         checkpoint_labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
         if checkpoint_labels != metadata.labels:
             raise ValueError(
                 f"{model_dir}: checkpoint labels {checkpoint_labels} != metadata {metadata.labels}"
             )
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return cls(model, tokenizer, metadata, batch_size=batch_size)
+        return cls(model, AutoTokenizer.from_pretrained(model_dir), metadata.max_length, batch_size)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw logits, batched longest-first so each batch pads to similar lengths."""
-        out = np.zeros((len(texts), len(self.metadata.labels)), dtype=np.float32)
+        """Batched longest-first, so each batch pads to similar lengths."""
+        out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
@@ -97,11 +107,37 @@ class InferenceCore:
                     [texts[i] for i in batch],
                     padding=True,
                     truncation=True,
-                    max_length=self.metadata.max_length,
+                    max_length=self.max_length,
                     return_tensors="pt",
                 )
                 out[batch] = self.model(**encoded).logits.float().numpy()
         return out
+
+
+def model_kinds() -> dict[str, type[Scorer]]:
+    return {entry.name: entry.load() for entry in entry_points(group=MODEL_KIND_GROUP)}
+
+
+class InferenceCore:
+    """A scorer of any model kind with its temperature and abstention threshold."""
+
+    def __init__(self, scorer: Scorer, metadata: ModelMetadata):
+        self.scorer = scorer
+        self.metadata = metadata
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, batch_size: int = 32) -> InferenceCore:
+        model_dir = Path(model_dir)
+        metadata = ModelMetadata.load(model_dir)
+        kinds = model_kinds()
+        if metadata.kind not in kinds:
+            raise ValueError(
+                f"{model_dir}: unknown model kind {metadata.kind!r}; known: {', '.join(sorted(kinds))}"
+            )
+        return cls(kinds[metadata.kind].load(model_dir, metadata, batch_size), metadata)
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        return self.scorer.logits(texts)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         return softmax(self.logits(texts), self.metadata.temperature)

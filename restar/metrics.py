@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from restar.calibration import expected_calibration_error
+from restar.calibration import expected_calibration_error, fit_temperature, softmax
 from restar.labels import LABELS
 
 
@@ -27,3 +27,14 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: flo
 
 def with_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}_{name}": value for name, value in metrics.items()}
+
+
+def calibrate_on_dev(
+    logits: np.ndarray, labels: np.ndarray, threshold: float
+) -> tuple[float, dict[str, float]]:
+    """Fit the temperature on dev logits; return it with the dev metrics (calibrated and not)."""
+    temperature = fit_temperature(logits, labels)
+    metrics = with_prefix(classification_metrics(softmax(logits, temperature), labels, threshold), "dev")
+    metrics["dev_ece_uncalibrated"] = round(expected_calibration_error(softmax(logits), labels), 6)
+    metrics["temperature"] = round(temperature, 6)
+    return temperature, metrics

@@ -27,11 +27,10 @@ from transformers import (
     set_seed,
 )
 
-from restar.calibration import expected_calibration_error, fit_temperature, softmax
 from restar.config import RunConfig, TrainConfig, flatten
-from restar.inference import InferenceCore, ModelMetadata
+from restar.inference import ModelMetadata, TransformerScorer
 from restar.labels import LABELS
-from restar.metrics import classification_metrics, with_prefix
+from restar.metrics import calibrate_on_dev
 from restar.pyfunc import log_pyfunc
 from restar.tracking import configure_tracking, experiment_id, write_run_record
 
@@ -203,25 +202,18 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
         log_training_history(trainer.state.log_history)
 
         model = trainer.model.to("cpu").eval()
-        raw_metadata = ModelMetadata(
+        scorer = TransformerScorer(model, tokenizer, settings.max_length, settings.eval_batch_size)
+        temperature, dev_metrics = calibrate_on_dev(
+            scorer.logits(dev_frame["text"].tolist()),
+            dev_frame["label"].to_numpy(),
+            settings.abstain_threshold,
+        )
+        metadata = ModelMetadata(
+            temperature=temperature,
             abstain_threshold=settings.abstain_threshold,
             max_length=settings.max_length,
             base_model=base_model["source"],
         )
-        dev_logits = InferenceCore(model, tokenizer, raw_metadata, settings.eval_batch_size).logits(
-            dev_frame["text"].tolist()
-        )
-        dev_labels = dev_frame["label"].to_numpy()
-        temperature = fit_temperature(dev_logits, dev_labels)
-        metadata = ModelMetadata(**{**raw_metadata.__dict__, "temperature": temperature})
-        dev_metrics = with_prefix(
-            classification_metrics(softmax(dev_logits, temperature), dev_labels, settings.abstain_threshold),
-            "dev",
-        )
-        dev_metrics["dev_ece_uncalibrated"] = round(
-            expected_calibration_error(softmax(dev_logits), dev_labels), 6
-        )
-        dev_metrics["temperature"] = round(temperature, 6)
         logger.info("temperature %.4f; dev metrics %s", temperature, dev_metrics)
 
         model_dir = out_dir / "model"
