@@ -219,6 +219,36 @@ def train_command(
     report(result, as_json)
 
 
+@cli.command("train-baseline")
+@config_option
+@click.option(
+    "--data",
+    "data_dir",
+    type=EXISTING_DIR,
+    default="data/raw",
+    show_default=True,
+    help="Folder with train.parquet and dev.parquet.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=OUT_DIR,
+    default="outputs/baseline",
+    show_default=True,
+    help="Run folder: model/, metrics_dev.json, mlflow_run.json.",
+)
+@json_option
+@user_errors
+def train_baseline_command(config_path: Path, data_dir: Path, out_dir: Path, as_json: bool) -> None:
+    """Fit the TF-IDF + logistic regression baseline (a second model kind), calibrate, log to MLflow.
+
+    Example: restar train-baseline --config configs/smoke.yaml
+    """
+    from restar.tfidf import train_baseline
+
+    report(train_baseline(load_run_config(config_path), config_path, data_dir, out_dir), as_json)
+
+
 @cli.command("evaluate")
 @click.option(
     "--model",
@@ -366,9 +396,12 @@ def bench_command(
     show_default=True,
     help="Where to write the version record.",
 )
+@click.option("--alias", default="staging", show_default=True, help="Alias the new version takes.")
 @json_option
 @user_errors
-def register_command(config_path: Path, run_dir: Path, data_dir: Path, out_path: Path, as_json: bool) -> None:
+def register_command(
+    config_path: Path, run_dir: Path, data_dir: Path, out_path: Path, alias: str, as_json: bool
+) -> None:
     """Register the run's logged model as a new version (lineage tags, eval metrics), alias `staging`.
 
     Example: restar register --config configs/smoke.yaml
@@ -376,7 +409,7 @@ def register_command(config_path: Path, run_dir: Path, data_dir: Path, out_path:
     from registry.cli import describe
     from restar.register import register
 
-    version = register(load_run_config(config_path), config_path, run_dir, data_dir)
+    version = register(load_run_config(config_path), config_path, run_dir, data_dir, alias)
     record = describe(version)
     out_path.write_text(json.dumps(record, indent=2) + "\n")
     report({key: record[key] for key in ("name", "version", "uri", "aliases", "run_id")}, as_json)

@@ -87,6 +87,16 @@ class TrainConfig(_Strict):
     threads: int | None = Field(default=None, gt=0)
 
 
+class BaselineConfig(_Strict):
+    """The TF-IDF + logistic regression baseline trained beside the transformer."""
+
+    max_ngram: int = Field(default=2, ge=1, le=3)
+    min_df: int = Field(default=2, ge=1)
+    max_features: int | None = Field(default=200_000, gt=0)
+    c: float = Field(default=4.0, gt=0, description="Inverse regularization strength.")
+    class_weight: Literal["balanced"] | None = None
+
+
 class TrackingConfig(_Strict):
     experiment: str = "restar"
     registered_model: str = "restar"
@@ -105,6 +115,7 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
+    baseline: BaselineConfig = BaselineConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
 

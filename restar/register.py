@@ -35,7 +35,7 @@ def lineage(config: RunConfig, config_path: Path, data_stats: dict, run_dir: Pat
     return {
         "restar.config": str(config_path),
         "restar.config_name": config.name,
-        "restar.model_kind": "transformer",
+        "restar.model_kind": model.get("kind", "transformer"),
         "restar.base_model": model["base_model"],
         "restar.git_commit": git_commit(),
         "restar.data_sha256": data_stats["frozen_content_sha256"],
@@ -45,8 +45,10 @@ def lineage(config: RunConfig, config_path: Path, data_stats: dict, run_dir: Pat
     }
 
 
-def register(config: RunConfig, config_path: Path, run_dir: Path, data_dir: Path) -> VersionInfo:
-    """A new version of `tracking.registered_model` from run_dir's logged model, aliased `staging`."""
+def register(
+    config: RunConfig, config_path: Path, run_dir: Path, data_dir: Path, alias: str = STAGING
+) -> VersionInfo:
+    """A new version of `tracking.registered_model` from run_dir's logged model, holding `alias`."""
     record = json.loads((run_dir / "mlflow_run.json").read_text())
     metrics = {
         **json.loads((run_dir / "metrics_dev.json").read_text()),
@@ -59,7 +61,7 @@ def register(config: RunConfig, config_path: Path, run_dir: Path, data_dir: Path
         record["run_id"],
         lineage(config, config_path, data_stats, run_dir),
         metrics,
-        STAGING,
+        alias,
     )
-    logger.info("registered %s as %s (alias %s)", record["model_uri"], version.uri, STAGING)
+    logger.info("registered %s as %s (alias %s)", record["model_uri"], version.uri, alias)
     return version

@@ -28,8 +28,9 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def pipeline(reviews_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     project = tmp_path_factory.mktemp("pipeline")
-    for folder in ("restar", "registry", "promotion", "configs"):
-        shutil.copytree(REPO_ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("restar", "registry", "promotion", "configs", "torchserve"):
+        ignore = shutil.ignore_patterns("__pycache__", "artifacts", "model-store")
+        shutil.copytree(REPO_ROOT / folder, project / folder, ignore=ignore)
     shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
     (project / "params.yaml").write_text("restar:\n  config: configs/ci.yaml\n")
     env = {
@@ -129,18 +130,65 @@ def test_dvc_metrics_plots_and_up_to_date(pipeline) -> None:
     assert "up to date" in status.lower()
 
 
+def test_baseline_is_a_second_kind_through_the_same_registry_and_gates(pipeline, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from promotion.cli import cli as promote_cli
+
+    project, env = pipeline
+    baseline = json.loads((project / "outputs" / "baseline" / "registered.json").read_text())
+    assert baseline["aliases"] == ["baseline"]
+    assert baseline["tags"]["restar.model_kind"] == "tfidf"
+    assert 0 <= baseline["metrics"]["eval_accuracy"] <= 1
+    evaluation = json.loads((project / "outputs" / "baseline" / "metrics_eval.json").read_text())
+    assert evaluation["eval_accuracy"] == baseline["metrics"]["eval_accuracy"]
+    monkeypatch.chdir(project)
+    for key in ("MLFLOW_TRACKING_URI", "RESTAR_AUDIT_DB_URL", "PATH"):
+        monkeypatch.setenv(key, env[key])
+    result = CliRunner().invoke(
+        promote_cli,
+        [
+            "--version",
+            str(baseline["version"]),
+            "--dry-run",
+            "--json",
+            "--policy",
+            "configs/promotion_ci.yaml",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    gates = {gate["gate"]: gate for gate in json.loads(result.output)["gates"]}
+    assert gates["latency"]["value"] > 0  # the baseline's pyfunc was benchmarked like any other version
+    assert gates["accuracy"]["value"] == baseline["metrics"]["eval_accuracy"]
+
+
 def test_register_and_promote_stages(pipeline) -> None:
     project, env = pipeline
     run_dir = project / "outputs" / "dvc_run"
     registered = json.loads((run_dir / "registered.json").read_text())
     record = json.loads((run_dir / "mlflow_run.json").read_text())
-    assert registered["version"] == 1
+    assert registered["tags"]["restar.model_kind"] == "transformer"
     assert registered["run_id"] == record["run_id"]
     assert "staging" in registered["aliases"]
     promotion = json.loads((run_dir / "promotion.json").read_text())
     assert promotion["decision"] == "moved"
-    assert promotion["version"] == 1
+    assert promotion["version"] == registered["version"]
     assert {gate["gate"] for gate in promotion["gates"]} == {"accuracy", "latency"}
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     production = mlflow.MlflowClient().get_model_version_by_alias("restar", "production")
-    assert int(production.version) == 1
+    assert int(production.version) == registered["version"]
+
+
+def test_export_stage_packs_the_production_version(pipeline) -> None:
+    import zipfile
+
+    project, _ = pipeline
+    registered = json.loads((project / "outputs" / "dvc_run" / "registered.json").read_text())
+    with zipfile.ZipFile(project / "torchserve" / "model-store" / "restar.mar") as archive:
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        assert {"handler.py", "model.safetensors", "restar.json", "registry.json"} <= set(archive.namelist())
+    assert manifest["model"]["modelVersion"] == str(registered["version"])
+    assert (
+        json.loads((project / "torchserve" / "artifacts" / "registry.json").read_text())["version"]
+        == (registered["version"])
+    )
