@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from restar.inference import METADATA_FILE, InferenceCore, is_blank
@@ -33,27 +36,48 @@ def file_format(path: Path) -> str:
         ) from None
 
 
-def read_input(path: Path) -> pd.DataFrame:
-    """The input rows; every way the file can be unusable becomes a PredictorError naming it."""
+def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The input rows, `chunk_rows` at a time, so memory stays flat however long the file is.
+
+    Every way the file can be unusable becomes a PredictorError naming it, including a bad line far
+    into the file (raised when that chunk is read).
+    """
     kind = file_format(path)
     if not path.is_file():
         raise PredictorError(f"{path}: input file not found")
     if path.stat().st_size == 0:
         raise PredictorError(f"{path}: input file is empty")
+    rows = 0
     try:
-        if kind == "csv":
-            frame = pd.read_csv(path, dtype={"text": object}, keep_default_na=False, na_values=[""])
-        elif kind == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_json(path, lines=True, dtype=False)
+        for chunk in _raw_chunks(path, kind, chunk_rows):
+            if rows == 0 and "text" not in chunk.columns:
+                found = ", ".join(map(str, chunk.columns))
+                raise PredictorError(f"{path}: missing 'text' column (found: {found})")
+            rows += len(chunk)
+            if len(chunk):
+                yield chunk
     except (ValueError, OSError) as exc:  # parser, JSON, encoding and pyarrow errors all derive from these
+        if isinstance(exc, PredictorError):
+            raise
         raise PredictorError(f"{path}: cannot read as {kind}: {exc}") from exc
-    if "text" not in frame.columns:
-        raise PredictorError(f"{path}: missing 'text' column (found: {', '.join(map(str, frame.columns))})")
-    if frame.empty:
+    if rows == 0:
         raise PredictorError(f"{path}: no rows to predict")
-    return frame
+
+
+def _raw_chunks(path: Path, kind: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if kind == "csv":
+        yield from pd.read_csv(
+            path, dtype={"text": object}, keep_default_na=False, na_values=[""], chunksize=chunk_rows
+        )
+    elif kind == "parquet":
+        parquet = pq.ParquetFile(path)
+        if parquet.metadata.num_rows == 0:
+            yield parquet.schema_arrow.empty_table().to_pandas()
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+    else:
+        with pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows) as reader:
+            yield from reader
 
 
 def load_predict_fn(model_uri: str) -> PredictFn:
@@ -75,14 +99,10 @@ def load_predict_fn(model_uri: str) -> PredictFn:
     return lambda texts: model.predict(pd.DataFrame({"text": list(texts)}))
 
 
-def predict_frame(
-    frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 256, progress: bool = True
-) -> pd.DataFrame:
+def predict_frame(frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 256) -> pd.DataFrame:
     """The input columns followed by the prediction columns, one row per input row, in order."""
     texts = ["" if is_blank(text) else str(text) for text in frame["text"]]
-    chunks = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="predict", unit="batch", disable=not progress):
-        chunks.append(predict_fn(texts[start : start + batch_size]))
+    chunks = [predict_fn(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
     predictions = pd.concat(chunks, ignore_index=True)
     if len(predictions) != len(frame):
         raise PredictorError(f"model returned {len(predictions)} rows for {len(frame)} inputs")
@@ -90,33 +110,67 @@ def predict_frame(
     return pd.concat([passthrough, predictions[list(OUTPUT_COLUMNS)]], axis=1)
 
 
-def write_atomically(frame: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    kind = file_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        if kind == "csv":
-            frame.to_csv(tmp_name, index=False)
-        elif kind == "parquet":
-            frame.to_parquet(tmp_name, index=False)
+class ChunkWriter:
+    """Appends prediction chunks to one CSV, Parquet or JSON Lines file."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path = path
+        self.kind = kind
+        self.parquet: pq.ParquetWriter | None = None
+        self.started = False
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.kind == "parquet":
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.path, table.schema)
+            # a later chunk may infer another type for a passthrough column (all-null, say): use the first's
+            self.parquet.write_table(table.cast(self.parquet.schema))
+        elif self.kind == "csv":
+            frame.to_csv(self.path, mode="a" if self.started else "w", header=not self.started, index=False)
         else:
-            frame.to_json(tmp_name, orient="records", lines=True, force_ascii=False)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+            with open(self.path, "a" if self.started else "w", encoding="utf-8") as handle:
+                frame.to_json(handle, orient="records", lines=True, force_ascii=False)
+        self.started = True
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
 
 
 def predict_file(
-    input_path: Path, output_path: Path, model_uri: str, batch_size: int = 256, progress: bool = True
+    input_path: Path,
+    output_path: Path,
+    model_uri: str,
+    batch_size: int = 256,
+    progress: bool = True,
+    chunk_rows: int = 50_000,
 ) -> int:
-    """Predict every row of `input_path` into `output_path`; returns the number of rows written."""
-    file_format(output_path)
-    frame = read_input(input_path)
+    """Predict every row of `input_path` into `output_path`; returns the number of rows written.
+
+    Reads and writes `chunk_rows` rows at a time into a temporary file beside the output, renamed
+    into place only when every row is answered: a failure leaves no output file behind.
+    """
+    kind = file_format(output_path)
+    chunks = read_chunks(input_path, chunk_rows)
+    first = next(chunks)  # input problems surface before the model loads
     predict_fn = load_predict_fn(model_uri)
-    result = predict_frame(frame, predict_fn, batch_size=batch_size, progress=progress)
-    write_atomically(result, output_path)
-    logger.info("wrote %d predictions to %s", len(result), output_path)
-    return len(result)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
+    os.close(fd)
+    writer = ChunkWriter(Path(tmp_name), kind)
+    rows = 0
+    try:
+        with tqdm(desc="predict", unit="row", disable=not progress) as bar:
+            for chunk in itertools.chain([first], chunks):
+                writer.write(predict_frame(chunk, predict_fn, batch_size=batch_size))
+                rows += len(chunk)
+                bar.update(len(chunk))
+        writer.close()
+        os.replace(tmp_name, output_path)
+    except BaseException:
+        writer.close()
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %d predictions to %s", rows, output_path)
+    return rows

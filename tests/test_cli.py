@@ -44,6 +44,7 @@ def test_all_commands_present() -> None:
         "register",
         "registry",
         "train",
+        "train-baseline",
     }
 
 

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import mlflow
@@ -132,3 +133,33 @@ def test_unreachable_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(PredictorError, match="cannot load model"):
         predict_file(input_path, tmp_path / "out.csv", "models:/restar@production", progress=False)
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_chunked_streaming_matches_one_chunk(tiny_model_dir: Path, tmp_path: Path, suffix: str) -> None:
+    frame = pd.DataFrame(
+        {
+            "id": range(23),
+            "text": [f"review number {i} " * (i % 5) for i in range(23)],
+            "note": [None] * 3 + ["x"] * 20,
+        }
+    )  # a column whose first chunk is all null
+    input_path = write_input(frame, tmp_path / f"in{suffix}")
+    predict_file(input_path, tmp_path / f"one{suffix}", str(tiny_model_dir), progress=False)
+    rows = predict_file(
+        input_path, tmp_path / f"many{suffix}", str(tiny_model_dir), progress=False, chunk_rows=3
+    )
+    assert rows == 23
+    pd.testing.assert_frame_equal(
+        read_output(tmp_path / f"one{suffix}"), read_output(tmp_path / f"many{suffix}")
+    )
+
+
+def test_bad_line_deep_in_the_file_leaves_no_output(tiny_model_dir: Path, tmp_path: Path) -> None:
+    lines = [json.dumps({"text": f"fine review {i}"}) for i in range(10)] + ['{"text": broken']
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(PredictorError, match="cannot read as jsonl"):
+        predict_file(
+            tmp_path / "in.jsonl", tmp_path / "out.parquet", str(tiny_model_dir), progress=False, chunk_rows=4
+        )
+    assert not list(tmp_path.glob("*out*"))
