@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import version
 from pathlib import Path
 
@@ -50,3 +51,18 @@ def log_pyfunc(model_dir: Path, name: str = "model") -> ModelInfo:
         input_example=INPUT_EXAMPLE,
         pip_requirements=requirements(),
     )
+
+
+def log_run_model(run: mlflow.ActiveRun, model_dir: Path, out_dir: Path, tracking_uri: str) -> dict[str, str]:
+    """Log `model_dir` as the run's pyfunc and write out_dir/mlflow_run.json, which later stages
+    (evaluate, register) read to log into the same run and register its model."""
+    model_info = log_pyfunc(model_dir)
+    record = {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "tracking_uri": tracking_uri,
+        "model_uri": model_info.model_uri,
+        "run_model_uri": f"runs:/{run.info.run_id}/model",
+    }
+    (out_dir / "mlflow_run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -25,8 +25,8 @@ from restar.config import BaselineConfig, RunConfig, flatten
 from restar.inference import ModelMetadata
 from restar.labels import LABELS
 from restar.metrics import calibrate_on_dev
-from restar.pyfunc import log_pyfunc
-from restar.tracking import configure_tracking, experiment_id, write_run_record
+from restar.pyfunc import log_run_model
+from restar.tracking import configure_tracking, experiment_id
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +140,5 @@ def train_baseline(config: RunConfig, config_path: Path, data_dir: Path, out_dir
         )
         mlflow.log_metrics(dev_metrics)
         mlflow.log_artifact(str(out_dir / "metrics_dev.json"))
-        model_info = log_pyfunc(model_dir)
-        record = {
-            "run_id": run.info.run_id,
-            "experiment_id": run.info.experiment_id,
-            "tracking_uri": tracking_uri,
-            "model_uri": model_info.model_uri,
-            "run_model_uri": f"runs:/{run.info.run_id}/model",
-        }
-    write_run_record(out_dir / "mlflow_run.json", record)
+        record = log_run_model(run, model_dir, out_dir, tracking_uri)
     return {**dev_metrics, **record}

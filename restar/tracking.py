@@ -31,10 +31,5 @@ def experiment_id(name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_location)
 
 
-def write_run_record(path: Path, record: dict[str, str]) -> None:
-    """The run id (and friends) that later stages use to log into the same MLflow run."""
-    path.write_text(json.dumps(record, indent=2) + "\n")
-
-
 def read_run_record(path: Path) -> dict[str, str]:
     return json.loads(path.read_text())
