@@ -51,10 +51,6 @@ class Decision:
     def passed(self) -> bool:
         return all(gate.passed for gate in self.gates)
 
-    @property
-    def moved(self) -> bool:
-        return self.decision == "moved"
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,

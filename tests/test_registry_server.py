@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,23 +27,18 @@ from promotion.promote import Promoter, PromotionConflict
 from registry.audit import AuditLog
 from registry.service import Registry
 from restar.cli import cli as restar_cli
+from restar.serve_local import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server` process, started and stopped here."""
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
+    (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"
     log = open(root / "server.log", "w")  # noqa: SIM115 - the server writes to it until teardown
     process = subprocess.Popen(

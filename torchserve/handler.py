@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from restar.inference import InferenceCore
@@ -40,7 +39,6 @@ class RestarHandler(BaseHandler):
             parse_body(row.get("data") if row.get("data") is not None else row.get("body")) for row in data
         ]
 
-    @torch.inference_mode()
     def inference(
         self, requests: list[ParsedRequest], *args, **kwargs
     ) -> list[tuple[ParsedRequest, list[dict]]]:
