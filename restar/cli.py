@@ -488,10 +488,22 @@ def promote_command(config_path: Path, registered_path: Path, out_path: Path, as
     show_default=True,
     help="Workers and batching settings to pack.",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnx", "onnx-int8"]),
+    default=None,
+    help="Serve on this backend instead of the one the version was registered with.",
+)
 @json_option
 @user_errors
 def export_torchserve_command(
-    model_uri: str, artifacts_dir: Path, model_store: Path, handler: Path, model_config: Path, as_json: bool
+    model_uri: str,
+    artifacts_dir: Path,
+    model_store: Path,
+    handler: Path,
+    model_config: Path,
+    backend: str | None,
+    as_json: bool,
 ) -> None:
     """Export a registered version (default: production) as a TorchServe archive.
 
@@ -499,7 +511,10 @@ def export_torchserve_command(
     """
     from restar.export_torchserve import export_torchserve
 
-    report(export_torchserve(model_uri, artifacts_dir, model_store, handler, model_config), as_json)
+    report(
+        export_torchserve(model_uri, artifacts_dir, model_store, handler, model_config, backend=backend),
+        as_json,
+    )
 
 
 cli.add_command(registry_group)

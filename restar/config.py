@@ -97,6 +97,13 @@ class BaselineConfig(_Strict):
     class_weight: Literal["balanced"] | None = None
 
 
+class InferenceConfig(_Strict):
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="How the logged and registered model runs: PyTorch fp32, ONNX Runtime fp32 or int8.",
+    )
+
+
 class TrackingConfig(_Strict):
     experiment: str = "restar"
     registered_model: str = "restar"
@@ -116,6 +123,7 @@ class RunConfig(_Strict):
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     baseline: BaselineConfig = BaselineConfig()
+    inference: InferenceConfig = InferenceConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
 

@@ -16,6 +16,7 @@ from restar.calibration import expected_calibration_error, reliability_bins, sof
 from restar.inference import InferenceCore
 from restar.labels import LABELS
 from restar.metrics import classification_metrics, with_prefix
+from restar.onnx_backend import TORCH
 from restar.tracking import configure_tracking, read_run_record
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,17 @@ def plot_reliability(
     fig.savefig(path, dpi=120)
 
 
+def reference_accuracy(model_dir: Path, frame: pd.DataFrame, accuracy: float) -> dict[str, float]:
+    """Eval accuracy of the PyTorch fp32 weights, which an ONNX backend must stay close to."""
+    reference = InferenceCore.from_dir(model_dir, batch_size=64, backend=TORCH)
+    predicted = reference.logits(frame["text"].tolist()).argmax(axis=1)
+    reference_accuracy = float((predicted == frame["label"].to_numpy()).mean())
+    return {
+        "eval_reference_accuracy": round(reference_accuracy, 6),
+        "eval_backend_accuracy_delta": round(accuracy - reference_accuracy, 6),
+    }
+
+
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]:
     """Write metrics_eval.json and plots/*.png under out_dir and log them to the training run."""
     core = InferenceCore.from_dir(model_dir, batch_size=64)
@@ -87,6 +99,8 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]
     metrics = with_prefix(classification_metrics(calibrated, labels, core.metadata.abstain_threshold), "eval")
     metrics["eval_ece_uncalibrated"] = round(expected_calibration_error(raw, labels), 6)
     metrics["eval_rows"] = len(frame)
+    if core.metadata.backend != TORCH:
+        metrics.update(reference_accuracy(model_dir, frame, metrics["eval_accuracy"]))
     logger.info("eval metrics %s", metrics)
 
     plots_dir = out_dir / "plots"

@@ -14,7 +14,8 @@ from pathlib import Path
 import mlflow
 
 from registry.service import Registry, VersionInfo
-from restar.inference import METADATA_FILE
+from restar.inference import METADATA_FILE, ModelMetadata
+from restar.onnx_backend import convert, serving_files
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ def download_model_dir(version: VersionInfo, into: Path) -> Path:
 def write_artifacts(model_dir: Path, version: VersionInfo, artifacts_dir: Path) -> list[Path]:
     if artifacts_dir.exists():
         shutil.rmtree(artifacts_dir)
-    shutil.copytree(model_dir, artifacts_dir)
+    artifacts_dir.mkdir(parents=True)
+    for path in serving_files(model_dir):
+        shutil.copy2(path, artifacts_dir / path.name)
     registry = {
         "name": version.name,
         "version": version.version,
@@ -95,11 +98,15 @@ def export_torchserve(
     handler: Path,
     model_config: Path,
     model_name: str = "restar",
+    backend: str | None = None,
 ) -> dict[str, object]:
-    """Resolve, download and archive `model_uri`; the archive's version is the registry version."""
+    """Resolve, download and archive `model_uri`; the archive's version is the registry version.
+    `backend` (torch, onnx, onnx-int8) overrides the backend the version was registered with."""
     version = resolve(model_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_artifacts(download_model_dir(version, Path(tmp)), version, artifacts_dir)
+        model_dir = download_model_dir(version, Path(tmp))
+        metadata = convert(model_dir, backend) if backend else ModelMetadata.load(model_dir)
+        files = write_artifacts(model_dir, version, artifacts_dir)
     mar = archive(files, version, handler, model_config, model_store, model_name)
     logger.info("exported %s (v%d) to %s", model_uri, version.version, mar)
     return {
@@ -107,4 +114,5 @@ def export_torchserve(
         "version": version.version,
         "archive": str(mar),
         "artifacts": str(artifacts_dir),
+        "backend": metadata.backend,
     }

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +36,7 @@ class ModelMetadata:
     base_model: str = ""
     labels: tuple[str, ...] = LABELS
     kind: str = "transformer"
+    backend: str = "torch"
 
     def save(self, model_dir: Path) -> None:
         (model_dir / METADATA_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -68,6 +69,13 @@ def decide(probs: np.ndarray, threshold: float, labels: Sequence[str] = LABELS) 
     return frame
 
 
+def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `texts` in batches, longest first, so each batch pads to similar lengths."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
 class Scorer(Protocol):
     """A model kind: raw class scores (logits) for texts. Kinds register under `restar.model_kinds`."""
 
@@ -87,7 +95,11 @@ class TransformerScorer:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, model_dir: Path, metadata: ModelMetadata, batch_size: int = 32) -> TransformerScorer:
+    def load(cls, model_dir: Path, metadata: ModelMetadata, batch_size: int = 32) -> Scorer:
+        if metadata.backend != "torch":
+            from restar.onnx_backend import OnnxScorer
+
+            return OnnxScorer.load(model_dir, metadata, batch_size)
         model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         checkpoint_labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
         if checkpoint_labels != metadata.labels:
@@ -97,12 +109,9 @@ class TransformerScorer:
         return cls(model, AutoTokenizer.from_pretrained(model_dir), metadata.max_length, batch_size)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Batched longest-first, so each batch pads to similar lengths."""
         out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
+            for batch in length_sorted_batches(texts, self.batch_size):
                 encoded = self.tokenizer(
                     [texts[i] for i in batch],
                     padding=True,
@@ -126,9 +135,14 @@ class InferenceCore:
         self.metadata = metadata
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, batch_size: int = 32) -> InferenceCore:
+    def from_dir(
+        cls, model_dir: str | Path, batch_size: int = 32, backend: str | None = None
+    ) -> InferenceCore:
+        """The model in `model_dir`, on its metadata's backend unless `backend` overrides it."""
         model_dir = Path(model_dir)
         metadata = ModelMetadata.load(model_dir)
+        if backend is not None:
+            metadata = replace(metadata, backend=backend)
         kinds = model_kinds()
         if metadata.kind not in kinds:
             raise ValueError(

@@ -37,20 +37,29 @@ class RestarPyfunc(mlflow.pyfunc.PythonModel):
 
 def requirements() -> list[str]:
     """Pins for the serving environment; the restar distribution itself carries the inference core."""
-    packages = ["restar", "torch", "transformers", "mlflow", "pandas", "scikit-learn"]
+    packages = ["restar", "torch", "transformers", "mlflow", "pandas", "scikit-learn", "onnxruntime"]
     return [f"{name}=={version(name).split('+')[0]}" for name in packages]
 
 
+def pyfunc_arguments(model_dir: Path) -> dict[str, object]:
+    """What log_model and save_model both take: models-from-code, so no pickled classes."""
+    return {
+        "python_model": str(ENTRY_SCRIPT),
+        "artifacts": {"model_dir": str(model_dir)},
+        "signature": SIGNATURE,
+        "input_example": INPUT_EXAMPLE,
+        "pip_requirements": requirements(),
+    }
+
+
 def log_pyfunc(model_dir: Path, name: str = "model") -> ModelInfo:
-    """Log `model_dir` as a models-from-code pyfunc into the active run (no pickled classes)."""
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(ENTRY_SCRIPT),
-        artifacts={"model_dir": str(model_dir)},
-        signature=SIGNATURE,
-        input_example=INPUT_EXAMPLE,
-        pip_requirements=requirements(),
-    )
+    """Log `model_dir` as a pyfunc into the active run."""
+    return mlflow.pyfunc.log_model(name=name, **pyfunc_arguments(model_dir))
+
+
+def save_pyfunc(model_dir: Path, path: Path) -> None:
+    """Save `model_dir` as a pyfunc in a local folder, outside any tracking store (benchmarks)."""
+    mlflow.pyfunc.save_model(str(path), **pyfunc_arguments(model_dir))
 
 
 def log_run_model(run: mlflow.ActiveRun, model_dir: Path, out_dir: Path, tracking_uri: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ from restar.config import RunConfig, TrainConfig, flatten
 from restar.inference import ModelMetadata, TransformerScorer
 from restar.labels import LABELS
 from restar.metrics import calibrate_on_dev
+from restar.onnx_backend import TORCH, convert
 from restar.pyfunc import log_run_model
 from restar.tracking import configure_tracking, experiment_id
 
@@ -221,6 +222,8 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
 
         model_dir = out_dir / "model"
         save_model(model, tokenizer, metadata, model_dir)
+        if config.inference.backend != TORCH:
+            convert(model_dir, config.inference.backend)
         (out_dir / "metrics_dev.json").write_text(json.dumps(dev_metrics, indent=2) + "\n")
         mlflow.log_metrics(dev_metrics, step=trainer.state.global_step)
         mlflow.log_artifact(str(out_dir / "metrics_dev.json"))

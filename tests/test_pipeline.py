@@ -49,13 +49,14 @@ def test_outputs(pipeline) -> None:
     project, _ = pipeline
     run_dir = project / "outputs" / "dvc_run"
     model = run_dir / "model"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "restar.json"):
+    for name in ("model.safetensors", "model.int8.onnx", "config.json", "tokenizer.json", "restar.json"):
         assert (model / name).is_file(), name
     assert not list(model.glob("*.bin"))
     metadata = json.loads((model / "restar.json").read_text())
     assert metadata["abstain_threshold"] == 0.65
     assert metadata["temperature"] > 0
     assert metadata["max_length"] == 64
+    assert metadata["backend"] == "onnx-int8"  # configs/ci.yaml inference.backend
     assert json.loads((model / "config.json").read_text())["id2label"] == {
         "0": "negative",
         "1": "neutral",
@@ -77,6 +78,9 @@ def test_outputs(pipeline) -> None:
         assert 0 <= dev[f"dev_{name}"] <= 1
         assert 0 <= evaluation[f"eval_{name}"] <= 1
     assert evaluation["eval_rows"] == 200
+    assert evaluation["eval_backend_accuracy_delta"] == pytest.approx(
+        evaluation["eval_accuracy"] - evaluation["eval_reference_accuracy"], abs=1e-5
+    )
     for name in ("confusion_matrix.png", "risk_coverage.png", "reliability.png"):
         assert (run_dir / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     assert "config configs/ci.yaml" in (run_dir / "train.log").read_text()
@@ -186,9 +190,30 @@ def test_export_stage_packs_the_production_version(pipeline) -> None:
     registered = json.loads((project / "outputs" / "dvc_run" / "registered.json").read_text())
     with zipfile.ZipFile(project / "torchserve" / "model-store" / "restar.mar") as archive:
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-        assert {"handler.py", "model.safetensors", "restar.json", "registry.json"} <= set(archive.namelist())
+        names = set(archive.namelist())
+        assert {"handler.py", "model.int8.onnx", "restar.json", "registry.json"} <= names
+        assert "model.safetensors" not in names  # an int8 archive leaves the fp32 reference out
     assert manifest["model"]["modelVersion"] == str(registered["version"])
     assert (
         json.loads((project / "torchserve" / "artifacts" / "registry.json").read_text())["version"]
         == (registered["version"])
     )
+
+
+def test_onnx_backends_stay_within_half_a_point_on_the_eval_split(pipeline, tmp_path: Path) -> None:
+    from restar.inference import InferenceCore
+    from restar.onnx_backend import convert
+
+    project, _ = pipeline
+    frame = pd.read_parquet(project / "data" / "frozen" / "eval.parquet")  # the whole grouped eval split
+    model = tmp_path / "model"
+    shutil.copytree(project / "outputs" / "dvc_run" / "model", model)
+    convert(model, "onnx")  # the fp32 export is not kept by the int8 conversion; make it here
+    accuracy = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        core = InferenceCore.from_dir(model, batch_size=64, backend=backend)
+        predicted = core.logits(frame["text"].tolist()).argmax(axis=1)
+        accuracy[backend] = float((predicted == frame["label"].to_numpy()).mean())
+    assert len(frame) >= 200
+    assert abs(accuracy["onnx"] - accuracy["torch"]) <= 0.001, accuracy
+    assert abs(accuracy["onnx-int8"] - accuracy["torch"]) <= 0.005, accuracy

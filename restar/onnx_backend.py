@@ -1,0 +1,146 @@
+"""ONNX Runtime backends for the transformer kind: fp32 export and int8 dynamic quantization.
+
+`convert` adds `model.onnx` or `model.int8.onnx` to a Re*Star model directory and records the backend
+in its metadata; from then on every consumer of the inference core runs that file through ONNX Runtime.
+The PyTorch weights stay beside it as the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from restar.inference import METADATA_FILE, ModelMetadata, length_sorted_batches
+
+logger = logging.getLogger(__name__)
+
+TORCH = "torch"
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+BACKENDS = (TORCH, *ONNX_FILES)
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class _Logits(torch.nn.Module):
+    """The classifier with positional inputs and a plain logits output, as the exporter wants it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+
+
+def export_fp32(model_dir: Path, path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    example = tokenizer(["An example review.", "Short."], padding=True, return_tensors="pt")
+    if "token_type_ids" not in example:
+        example["token_type_ids"] = torch.zeros_like(example["input_ids"])
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    torch.onnx.export(
+        _Logits(model).eval(),
+        tuple(example[name] for name in INPUT_NAMES),
+        str(path),
+        input_names=list(INPUT_NAMES),
+        output_names=["logits"],
+        dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+
+
+def quantize_int8(fp32_path: Path, path: Path) -> None:
+    """Dynamic quantization: int8 weights, activations quantized per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
+
+
+def convert(model_dir: Path, backend: str) -> ModelMetadata:
+    """Make `backend` the model directory's backend, writing its ONNX file if it is missing."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    metadata = ModelMetadata.load(model_dir)
+    if metadata.kind != "transformer" and backend != TORCH:
+        raise ValueError(f"{model_dir}: backend {backend!r} needs a transformer model, not {metadata.kind!r}")
+    if backend in ONNX_FILES and not (model_dir / ONNX_FILES[backend]).is_file():
+        with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
+            fp32 = model_dir / ONNX_FILES["onnx"]
+            if not fp32.is_file():
+                fp32 = Path(tmp) / ONNX_FILES["onnx"]
+                logger.info("exporting %s to ONNX", model_dir)
+                export_fp32(model_dir, fp32)
+            if backend == "onnx-int8":
+                logger.info("quantizing to int8")
+                quantize_int8(fp32, Path(tmp) / ONNX_FILES[backend])
+            shutil.move(Path(tmp) / ONNX_FILES[backend], model_dir / ONNX_FILES[backend])
+    converted = dataclasses.replace(metadata, backend=backend)
+    converted.save(model_dir)
+    logger.info("%s: backend %s (%s)", model_dir, backend, METADATA_FILE)
+    return converted
+
+
+def serving_files(model_dir: Path) -> list[Path]:
+    """The files the model's backend needs: archives leave out the other backends' weights."""
+    metadata = ModelMetadata.load(model_dir)
+    unused = {name for backend, name in ONNX_FILES.items() if backend != metadata.backend}
+    if metadata.backend in ONNX_FILES:
+        unused.add("model.safetensors")
+    return sorted(path for path in model_dir.iterdir() if path.is_file() and path.name not in unused)
+
+
+class OnnxScorer:
+    """The transformer kind through ONNX Runtime; tokenization and batching as in TransformerScorer."""
+
+    def __init__(self, session, tokenizer, max_length: int, batch_size: int = 32):
+        self.session = session
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.num_labels = session.get_outputs()[0].shape[-1]
+
+    @classmethod
+    def load(cls, model_dir: Path, metadata: ModelMetadata, batch_size: int = 32) -> OnnxScorer:
+        import onnxruntime
+        from transformers import AutoTokenizer
+
+        path = model_dir / ONNX_FILES[metadata.backend]
+        if not path.is_file():
+            raise FileNotFoundError(f"{model_dir}: backend {metadata.backend!r} but no {path.name}")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return cls(session, AutoTokenizer.from_pretrained(model_dir), metadata.max_length, batch_size)
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
+        for batch in length_sorted_batches(texts, self.batch_size):
+            encoded = self.tokenizer(
+                [texts[i] for i in batch],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
+            feed = {name: encoded[name].astype(np.int64) for name in INPUT_NAMES if name in encoded}
+            feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
+            out[batch] = self.session.run(["logits"], feed)[0]
+        return out

@@ -1,0 +1,96 @@
+"""ONNX Runtime backends: conversion, and every consumer of the inference core honouring the choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from restar.inference import InferenceCore, ModelMetadata, TransformerScorer
+from restar.onnx_backend import ONNX_FILES, OnnxScorer, convert, serving_files
+from restar.predictor import predict_file
+from restar.pyfunc import log_pyfunc
+
+TEXTS = [
+    "Absolutely love this subscription box, great value!",
+    "It was okay. Some items were nice, others not.",
+    "Arrived broken and customer service never answered. " * 20,
+    "",
+    "🔥🔥🔥",
+]
+PROBS = ["p_neg", "p_neu", "p_pos"]
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model converted to each ONNX backend, one folder each."""
+    folders = {}
+    for backend in ONNX_FILES:
+        folder = tmp_path_factory.mktemp(backend) / "model"
+        shutil.copytree(tiny_model_dir, folder)
+        convert(folder, backend)
+        folders[backend] = folder
+    return folders
+
+
+def test_conversion_records_the_backend_and_keeps_the_reference(backends: dict[str, Path]) -> None:
+    for backend, folder in backends.items():
+        assert ModelMetadata.load(folder).backend == backend
+        assert (folder / ONNX_FILES[backend]).is_file()
+        assert (folder / "model.safetensors").is_file()
+        assert isinstance(InferenceCore.from_dir(folder).scorer, OnnxScorer)
+        assert isinstance(InferenceCore.from_dir(folder, backend="torch").scorer, TransformerScorer)
+
+
+def test_onnx_fp32_matches_torch(tiny_model_dir: Path, backends: dict[str, Path]) -> None:
+    texts = [text for text in TEXTS if text.strip()]
+    reference = InferenceCore.from_dir(tiny_model_dir).logits(texts)
+    np.testing.assert_allclose(InferenceCore.from_dir(backends["onnx"]).logits(texts), reference, atol=1e-4)
+    int8 = InferenceCore.from_dir(backends["onnx-int8"]).logits(texts)
+    assert np.abs(int8 - reference).max() < 0.5  # quantized, so close but not equal
+
+
+def test_archives_carry_only_the_backends_weights(tiny_model_dir: Path, backends: dict[str, Path]) -> None:
+    int8 = {path.name for path in serving_files(backends["onnx-int8"])}
+    assert "model.int8.onnx" in int8
+    assert not {"model.safetensors", "model.onnx"} & int8
+    assert {"restar.json", "tokenizer.json"} <= int8
+    torch_files = {path.name for path in serving_files(tiny_model_dir)}
+    assert "model.safetensors" in torch_files
+    assert not {name for name in torch_files if name.endswith(".onnx")}
+
+
+def test_bad_backends_are_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        convert(tiny_model_dir, "tensorrt")
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    metadata = json.loads((folder / "restar.json").read_text())
+    (folder / "restar.json").write_text(json.dumps({**metadata, "backend": "onnx"}))
+    with pytest.raises(FileNotFoundError, match=r"no model\.onnx"):
+        InferenceCore.from_dir(folder)
+
+
+def test_pyfunc_and_predictor_run_the_recorded_backend(
+    backends: dict[str, Path], tracking_uri: str, tmp_path: Path
+) -> None:
+    folder = backends["onnx-int8"]
+    expected = InferenceCore.from_dir(folder).predict(TEXTS)
+    with mlflow.start_run():
+        info = log_pyfunc(folder)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    assert isinstance(model.unwrap_python_model().core.scorer, OnnxScorer)
+    served = model.predict(pd.DataFrame({"text": TEXTS}))
+    assert served["label"].tolist() == expected["label"].tolist()
+    np.testing.assert_allclose(served[PROBS].to_numpy(float), expected[PROBS].to_numpy(float), atol=1e-6)
+
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"text": TEXTS}).to_csv(source, index=False)
+    predict_file(source, tmp_path / "out.csv", info.model_uri, progress=False)
+    predicted = pd.read_csv(tmp_path / "out.csv")
+    assert predicted["label"].tolist() == expected["label"].tolist()
