@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from restar.calibration import softmax
-from restar.labels import ABSTAIN, DEFAULT_ABSTAIN_THRESHOLD, LABELS, OUTPUT_COLUMNS, PROBABILITY_COLUMNS
+from restar.labels import ABSTAIN, DEFAULT_ABSTAIN_THRESHOLD, LABELS, PROBABILITY_COLUMNS
 
 METADATA_FILE = "restar.json"
 MODEL_KIND_GROUP = "restar.model_kinds"
@@ -59,14 +59,20 @@ def is_blank(text: object) -> bool:
 
 
 def decide(probs: np.ndarray, threshold: float, labels: Sequence[str] = LABELS) -> pd.DataFrame:
-    """Output rows for calibrated probabilities: abstain when the top probability is below `threshold`."""
-    confidence = probs.max(axis=1)
-    names = np.asarray(labels, dtype=object)[probs.argmax(axis=1)]
-    label = np.where(confidence < threshold, ABSTAIN, names)
-    frame = pd.DataFrame({"label": label.astype(object), "confidence": confidence})
-    for column, values in zip(PROBABILITY_COLUMNS, probs.T, strict=True):
-        frame[column] = values
-    return frame
+    """Output rows for calibrated probabilities: abstain when the top probability is below `threshold`.
+
+    Rows of NaN (texts that were never scored) abstain with NaN confidence and probabilities.
+    """
+    missing = np.isnan(probs).any(axis=1)
+    scored = np.where(missing[:, None], 0.0, probs)
+    top = scored.max(axis=1)
+    names = np.asarray(labels, dtype=object)[scored.argmax(axis=1)]
+    columns = {
+        "label": np.where(missing | (top < threshold), ABSTAIN, names).astype(object),
+        "confidence": np.where(missing, np.nan, top),
+    }
+    columns.update(zip(PROBABILITY_COLUMNS, np.where(missing[:, None], np.nan, probs).T, strict=True))
+    return pd.DataFrame(columns)
 
 
 def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
@@ -163,7 +169,4 @@ class InferenceCore:
         present = np.flatnonzero(~blank)
         if len(present):
             probs[present] = self.probabilities([str(texts[i]) for i in present])
-        frame = decide(np.nan_to_num(probs, nan=0.0), self.metadata.abstain_threshold, self.metadata.labels)
-        frame.loc[blank, "label"] = ABSTAIN
-        frame.loc[blank, ["confidence", *PROBABILITY_COLUMNS]] = np.nan
-        return frame[list(OUTPUT_COLUMNS)]
+        return decide(probs, self.metadata.abstain_threshold, self.metadata.labels)

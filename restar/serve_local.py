@@ -13,10 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -33,6 +34,8 @@ class LocalTorchServe:
     inference_url: str
     management_url: str
     metrics_url: str
+    # Keep-alive connections, one per client thread, as real clients hold them.
+    clients: threading.local = field(default_factory=threading.local)
 
     @property
     def keys(self) -> dict[str, str]:
@@ -53,7 +56,9 @@ class LocalTorchServe:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         data = raw if raw is not None else json.dumps(body).encode()
-        return requests.post(
+        if not hasattr(self.clients, "session"):
+            self.clients.session = requests.Session()
+        return self.clients.session.post(
             f"{self.inference_url}/predictions/{model}", data=data, headers=headers, timeout=timeout
         )
 

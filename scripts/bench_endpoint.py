@@ -29,7 +29,7 @@ from restar.serve_local import LocalTorchServe, torchserve
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def archive_variant(source: Path, target_dir: Path, workers: int, batch_size: int) -> Path:
+def archive_variant(source: Path, target_dir: Path, workers: int, batch_size: int, delay_ms: int) -> Path:
     """A copy of the archive whose packed model-config.yaml has the given workers and batch size."""
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / source.name
@@ -38,7 +38,9 @@ def archive_variant(source: Path, target_dir: Path, workers: int, batch_size: in
             data = old.read(item.filename)
             if item.filename == "model-config.yaml":
                 config = yaml.safe_load(data)
-                config.update(minWorkers=workers, maxWorkers=workers, batchSize=batch_size)
+                config.update(
+                    minWorkers=workers, maxWorkers=workers, batchSize=batch_size, maxBatchDelay=delay_ms
+                )
                 data = yaml.safe_dump(config).encode()
             new.writestr(item, data)
     return target
@@ -152,7 +154,8 @@ def main() -> None:
         "--variants",
         nargs="+",
         default=["1x8"],
-        help="WORKERSxBATCHSIZE settings to compare, e.g. 1x1 1x8 2x8.",
+        help="WORKERSxBATCHSIZE[xMAXBATCHDELAYMS] settings to compare (delay 5 ms unless given), "
+        "e.g. 1x1 1x8 1x8x1.",
     )
     parser.add_argument(
         "--output",
@@ -166,12 +169,22 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
-            workers, batch_size = (int(part) for part in variant.split("x"))
-            archive = archive_variant(args.archive, Path(tmp) / variant / "store", workers, batch_size)
+            workers, batch_size, delay_ms = (int(part) for part in f"{variant}x5".split("x")[:3])
+            archive = archive_variant(
+                args.archive, Path(tmp) / variant / "store", workers, batch_size, delay_ms
+            )
             result = bench_variant(
                 archive, args.config, texts, args.clients, args.requests, Path(tmp) / variant / "run"
             )
-            results.append({"variant": variant, "workers": workers, "batch_size": batch_size, **result})
+            results.append(
+                {
+                    "variant": variant,
+                    "workers": workers,
+                    "batch_size": batch_size,
+                    "max_batch_delay_ms": delay_ms,
+                    **result,
+                }
+            )
             for level in result["levels"]:
                 print(
                     f"{variant:>5}  clients={level['clients']:>2}  p50={level['latency_p50_ms']} ms  "
