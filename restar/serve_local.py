@@ -98,9 +98,13 @@ def free_ports(count: int) -> list[int]:
 
 
 def local_config(config: Path, ports: list[int]) -> str:
+    """`config` with its 3 HTTP addresses and 2 gRPC ports moved to `ports`: servers can run side by side."""
     text = config.read_text()
-    for name, port in zip(("inference", "management", "metrics"), ports, strict=True):
+    http, grpc = ports[:3], ports[3:]
+    for name, port in zip(("inference", "management", "metrics"), http, strict=True):
         text = re.sub(rf"^{name}_address=.*$", f"{name}_address=http://127.0.0.1:{port}", text, flags=re.M)
+    for name, port in zip(("inference", "management"), grpc, strict=True):
+        text = re.sub(rf"^grpc_{name}_port=.*$", f"grpc_{name}_port={port}", text, flags=re.M)
     return text
 
 
@@ -111,7 +115,7 @@ def torchserve(
     """Start TorchServe in `workdir` on free loopback ports; yield once `restar` answers; stop after."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
-    ports = free_ports(3)
+    ports = free_ports(5)
     (workdir / "config.properties").write_text(local_config(config, ports))
     env = {**os.environ, "TEMP": str(workdir / "tmp"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     command = [
@@ -128,7 +132,7 @@ def torchserve(
         process = subprocess.Popen(
             command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        server = LocalTorchServe(workdir, process, env, *(f"http://127.0.0.1:{port}" for port in ports))
+        server = LocalTorchServe(workdir, process, env, *(f"http://127.0.0.1:{port}" for port in ports[:3]))
         try:
             _wait_until_serving(server, ready_timeout)
             yield server

@@ -187,6 +187,32 @@ def test_memory_is_measured(served) -> None:
     assert 100 < served.memory_rss_mb() < 8000
 
 
+def test_int8_export_is_served_through_onnx_runtime(
+    registered, pyfunc_predictions: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, uri = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = export_torchserve(
+        "models:/restar@production",
+        tmp_path / "artifacts",
+        tmp_path / "model-store",
+        REPO_ROOT / "torchserve" / "handler.py",
+        REPO_ROOT / "torchserve" / "model-config.yaml",
+        backend="onnx-int8",
+    )
+    assert result["backend"] == "onnx-int8"
+    packed = {path.name for path in (tmp_path / "artifacts").iterdir()}
+    assert "model.int8.onnx" in packed
+    assert "model.safetensors" not in packed  # so the worker cannot be running PyTorch weights
+    with torchserve(
+        tmp_path / "model-store", REPO_ROOT / "torchserve" / "config.properties", tmp_path / "run"
+    ) as server:
+        answers = [server.predict({"text": text}).json() for text in TEXTS]
+    assert [answer["label"] for answer in answers] == pyfunc_predictions["label"].tolist()
+    probabilities = np.array([[answer[name] for name in PROBS] for answer in answers])
+    np.testing.assert_allclose(probabilities, pyfunc_predictions[PROBS].to_numpy(float), atol=0.1)
+
+
 def test_stops_cleanly(served) -> None:  # last: stops the shared server
     assert served.stop() == 0
     assert served.process.poll() == 0
