@@ -45,6 +45,15 @@ def sample_texts(data_path: Path, n: int, seed: int = 0) -> list[str]:
     return texts.sample(n=n, replace=len(texts) < n, random_state=seed).tolist()
 
 
+def latency_summary(timings_ms: list[float]) -> dict[str, float]:
+    values = np.asarray(timings_ms)
+    return {
+        "latency_avg_ms": round(float(values.mean()), 3),
+        "latency_p50_ms": round(float(np.percentile(values, 50)), 3),
+        "latency_p95_ms": round(float(np.percentile(values, 95)), 3),
+    }
+
+
 def measure_latency(
     predict_fn: PredictFn, texts: list[str], warmup: int = 10, progress: bool = True
 ) -> dict[str, object]:
@@ -58,12 +67,9 @@ def measure_latency(
         start = time.perf_counter()
         predict_fn([text])
         timings.append((time.perf_counter() - start) * 1000.0)
-    values = np.asarray(timings)
     return {
-        "latency_avg_ms": round(float(values.mean()), 3),
-        "latency_p50_ms": round(float(np.percentile(values, 50)), 3),
-        "latency_p95_ms": round(float(np.percentile(values, 95)), 3),
-        "calls": len(values),
+        **latency_summary(timings),
+        "calls": len(timings),
         "warmup_calls": warmup,
         "batch_size": 1,
         "mean_words": round(float(np.mean([len(t.split()) for t in texts[warmup:]])), 1),

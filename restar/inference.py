@@ -82,6 +82,21 @@ def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[lis
         yield order[start : start + batch_size]
 
 
+def encoded_batches(
+    tokenizer, texts: Sequence[str], batch_size: int, max_length: int, tensors: str
+) -> Iterator[tuple[list[int], dict]]:
+    """(indices, tokenized batch) pairs over `texts`, longest first; `tensors` is "pt" or "np"."""
+    for batch in length_sorted_batches(texts, batch_size):
+        encoded = tokenizer(
+            [texts[i] for i in batch],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors=tensors,
+        )
+        yield batch, encoded
+
+
 class Scorer(Protocol):
     """A model kind: raw class scores (logits) for texts. Kinds register under `restar.model_kinds`."""
 
@@ -117,14 +132,8 @@ class TransformerScorer:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
         with torch.inference_mode():
-            for batch in length_sorted_batches(texts, self.batch_size):
-                encoded = self.tokenizer(
-                    [texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
+            batches = encoded_batches(self.tokenizer, texts, self.batch_size, self.max_length, "pt")
+            for batch, encoded in batches:
                 out[batch] = self.model(**encoded).logits.float().numpy()
         return out
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from restar.inference import METADATA_FILE, ModelMetadata, length_sorted_batches
+from restar.inference import METADATA_FILE, ModelMetadata, encoded_batches
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +132,7 @@ class OnnxScorer:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
-        for batch in length_sorted_batches(texts, self.batch_size):
-            encoded = self.tokenizer(
-                [texts[i] for i in batch],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="np",
-            )
+        for batch, encoded in encoded_batches(self.tokenizer, texts, self.batch_size, self.max_length, "np"):
             feed = {name: encoded[name].astype(np.int64) for name in INPUT_NAMES if name in encoded}
             feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
             out[batch] = self.session.run(["logits"], feed)[0]

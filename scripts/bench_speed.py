@@ -32,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 
 from registry.service import PRODUCTION, Registry
-from restar.bench import hardware, measure_latency
+from restar.bench import hardware, latency_summary, measure_latency
 from restar.export_torchserve import export_torchserve
 from restar.inference import InferenceCore
 from restar.onnx_backend import BACKENDS, INPUT_NAMES, convert
@@ -113,12 +113,7 @@ def raw_forward_latency(model_dir: Path, texts: list[str], warmup: int) -> dict[
         start = time.perf_counter()
         forward(feed)
         timings.append((time.perf_counter() - start) * 1000)
-    values = np.asarray(timings)
-    return {
-        "latency_avg_ms": round(float(values.mean()), 3),
-        "latency_p50_ms": round(float(np.percentile(values, 50)), 3),
-        "latency_p95_ms": round(float(np.percentile(values, 95)), 3),
-    }
+    return latency_summary(timings)
 
 
 def predictor_throughput(pyfunc_dir: Path, frame: pd.DataFrame, rows: int, workdir: Path) -> dict[str, float]:
