@@ -34,6 +34,11 @@ class SplitConfig(_Strict):
     dev_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     eval_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     seed: int = 13
+    shuffles: int = Field(
+        default=200,
+        ge=1,
+        description="Seeded product shuffles tried; the one whose eval and dev class mix is closest wins.",
+    )
 
 
 class CleanConfig(_Strict):
@@ -83,6 +88,10 @@ class TrainConfig(_Strict):
         description="Loss weights per class: none, inverse sqrt frequency, or inverse frequency.",
     )
     evals_per_epoch: int = Field(default=1, ge=1, le=20)
+    best_metric: Literal["macro_f1", "accuracy"] = Field(
+        default="macro_f1",
+        description="Dev metric that picks the checkpoint kept at the end of training.",
+    )
     abstain_threshold: float = Field(default=DEFAULT_ABSTAIN_THRESHOLD, gt=0, lt=1)
     threads: int | None = Field(default=None, gt=0)
 

@@ -145,21 +145,48 @@ def clean_rows(frame: pd.DataFrame, clean: CleanConfig) -> tuple[pd.DataFrame, C
 
 
 def grouped_split(frame: pd.DataFrame, split: SplitConfig) -> pd.Series:
-    """Split name per row: whole products (parent_asin) go to one split, per category, under a seed."""
+    """Split name per row: whole products (parent_asin) go to one split, per category, under a seed.
+
+    Products are cut into eval, dev and train in a seeded shuffled order. A few large products can skew a
+    split's class mix, so `split.shuffles` orders are tried and the one whose eval and dev splits come
+    closest to the category's own class mix and target sizes is kept.
+    """
     rng = np.random.default_rng(split.seed)
     assignment = pd.Series("train", index=frame.index, dtype="object")
     for _, part in frame.groupby("category", sort=True):
-        sizes = part.groupby("parent_asin").size().sort_index()
-        order = sizes.index.to_numpy()[rng.permutation(len(sizes))]
-        share_before = (sizes.loc[order].cumsum() - sizes.loc[order]) / len(part)
-        group_split = np.where(
-            share_before < split.eval_fraction,
-            "eval",
-            np.where(share_before < split.eval_fraction + split.dev_fraction, "dev", "train"),
-        )
-        mapping = dict(zip(order, group_split, strict=True))
-        assignment[part.index] = part["parent_asin"].map(mapping)
+        per_product = pd.crosstab(part["parent_asin"], part["label"])
+        best_score, best_names = np.inf, {}
+        for _ in range(split.shuffles):
+            order = per_product.index.to_numpy()[rng.permutation(len(per_product))]
+            names = _cut_in_order(per_product.loc[order].sum(axis=1).to_numpy(), split)
+            score = _split_mismatch(per_product.loc[order].to_numpy(), names, split)
+            if score < best_score or not best_names:
+                best_score, best_names = score, dict(zip(order, names, strict=True))
+        assignment[part.index] = part["parent_asin"].map(best_names)
     return assignment
+
+
+def _cut_in_order(sizes: np.ndarray, split: SplitConfig) -> np.ndarray:
+    """Split name per product: the first eval_fraction of rows to eval, the next dev_fraction to dev."""
+    share_before = (np.cumsum(sizes) - sizes) / sizes.sum()
+    return np.where(
+        share_before < split.eval_fraction,
+        "eval",
+        np.where(share_before < split.eval_fraction + split.dev_fraction, "dev", "train"),
+    )
+
+
+def _split_mismatch(class_counts: np.ndarray, names: np.ndarray, split: SplitConfig) -> float:
+    """How far eval and dev are from the whole's class shares (L1) and from their target sizes."""
+    total = class_counts.sum()
+    mix = class_counts.sum(axis=0) / total
+    mismatch = 0.0
+    for name, fraction in (("eval", split.eval_fraction), ("dev", split.dev_fraction)):
+        counts = class_counts[names == name].sum(axis=0)
+        if counts.sum() == 0:
+            return np.inf
+        mismatch += np.abs(counts / counts.sum() - mix).sum() + abs(counts.sum() / total / fraction - 1)
+    return float(mismatch)
 
 
 # --- the stage ---

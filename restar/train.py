@@ -102,7 +102,7 @@ def training_arguments(config: TrainConfig, output_dir: str, train_rows: int) ->
         save_total_limit=1,
         save_only_model=True,
         load_best_model_at_end=True,
-        metric_for_best_model="macro_f1",
+        metric_for_best_model=config.best_metric,
         greater_is_better=True,
         logging_steps=max(eval_steps // 4, 1),
         seed=config.seed,

@@ -12,6 +12,7 @@ from restar.freeze import (
     compose_text,
     find_category_file,
     freeze,
+    grouped_split,
 )
 from restar.labels import rating_to_label
 
@@ -50,6 +51,30 @@ def test_no_product_in_two_splits(frozen) -> None:
     assert not products["train"] & products["dev"]
     assert not products["train"] & products["eval"]
     assert not products["dev"] & products["eval"]
+
+
+def test_eval_and_dev_keep_the_natural_class_mix(frozen) -> None:
+    splits = load_splits(frozen[0])
+    natural = pd.concat(splits.values())["label"].value_counts(normalize=True)
+    for name in ("eval", "dev"):
+        share = splits[name]["label"].value_counts(normalize=True)
+        assert (share - natural).abs().max() < 0.01, name
+
+
+def test_split_search_keeps_a_large_product_from_skewing_eval() -> None:
+    # 270 one-review products and one product with 30 negative reviews: eval holds 10% of the rows, so a
+    # shuffle that cuts "big" into eval makes eval all negative.
+    labels = [0] * 30 + [0, 1, 2, 2, 2, 2, 2, 2, 2, 2] * 27
+    products = ["big"] * 30 + [f"p{i}" for i in range(270)]
+    frame = pd.DataFrame({"category": "X", "parent_asin": products, "label": labels})
+    natural = frame["label"].value_counts(normalize=True)
+
+    assignment = grouped_split(frame, SplitConfig(seed=0, shuffles=200))
+
+    assert assignment[frame["parent_asin"] == "big"].nunique() == 1
+    for name in ("eval", "dev"):
+        share = frame.loc[assignment == name, "label"].value_counts(normalize=True)
+        assert (share.reindex(natural.index, fill_value=0) - natural).abs().max() < 0.1, name
 
 
 def test_no_text_in_two_splits(frozen) -> None:
