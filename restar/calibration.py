@@ -1,15 +1,19 @@
-"""Temperature scaling and expected calibration error."""
+"""Temperature scaling (optionally with per-class biases) and expected calibration error."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import pairwise
 
 import numpy as np
 import torch
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0, bias: Sequence[float] = ()) -> np.ndarray:
+    """softmax(logits / temperature + bias); an empty bias adds nothing."""
     scaled = np.asarray(logits, dtype=np.float64) / temperature
+    if len(bias):
+        scaled = scaled + np.asarray(bias, dtype=np.float64)
     scaled -= scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=1, keepdims=True)
@@ -17,19 +21,33 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
     """The temperature T > 0 that minimises the negative log-likelihood of softmax(logits / T)."""
+    return fit_calibration(logits, labels, with_bias=False, max_iter=max_iter)[0]
+
+
+def fit_calibration(
+    logits: np.ndarray, labels: np.ndarray, with_bias: bool, max_iter: int = 200
+) -> tuple[float, tuple[float, ...]]:
+    """Temperature (and, with_bias, per-class biases) minimising the NLL of softmax(logits / T + b).
+
+    The biases are bias-corrected temperature scaling (Alexandari et al., 2020): they also undo a
+    shift between the class priors the network learnt and those of dev. They are centred to sum to 0.
+    """
     logits_t = torch.as_tensor(logits, dtype=torch.float64)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # optimise log T so T stays positive
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    bias = torch.zeros(logits_t.shape[1], dtype=torch.float64, requires_grad=with_bias)
+    parameters = [log_t, bias] if with_bias else [log_t]
+    optimizer = torch.optim.LBFGS(parameters, lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t)
+        loss = torch.nn.functional.cross_entropy(logits_t / log_t.exp() + bias, labels_t)
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp().item())
+    centred = (bias - bias.mean()).detach().numpy() if with_bias else np.array([])
+    return float(log_t.exp().item()), tuple(round(float(b), 6) for b in centred)
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

@@ -88,6 +88,10 @@ class TrainConfig(_Strict):
         description="Loss weights per class: none, inverse sqrt frequency, or inverse frequency.",
     )
     evals_per_epoch: int = Field(default=1, ge=1, le=20)
+    calibration: Literal["temperature", "temperature+bias"] = Field(
+        default="temperature",
+        description="Fit on dev: a temperature, or a temperature and per-class logit biases.",
+    )
     best_metric: Literal["macro_f1", "accuracy"] = Field(
         default="macro_f1",
         description="Dev metric that picks the checkpoint kept at the end of training.",

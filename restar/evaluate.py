@@ -94,7 +94,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]
     labels = frame["label"].to_numpy()
     logits = core.logits(frame["text"].tolist())
     temperature = core.metadata.temperature
-    raw, calibrated = softmax(logits), softmax(logits, temperature)
+    raw, calibrated = softmax(logits), softmax(logits, temperature, core.metadata.class_bias)
 
     metrics = with_prefix(classification_metrics(calibrated, labels, core.metadata.abstain_threshold), "eval")
     metrics["eval_ece_uncalibrated"] = round(expected_calibration_error(raw, labels), 6)

@@ -31,6 +31,7 @@ class ModelMetadata:
     """What Re*Star stores beside the weights: calibration, abstention and tokenization settings."""
 
     temperature: float = 1.0
+    class_bias: tuple[float, ...] = ()  # added to logits / temperature; empty for plain temperature scaling
     abstain_threshold: float = DEFAULT_ABSTAIN_THRESHOLD
     max_length: int = 128
     base_model: str = ""
@@ -48,6 +49,7 @@ class ModelMetadata:
             raise FileNotFoundError(f"{model_dir} is not a Re*Star model directory (no {METADATA_FILE})")
         raw = json.loads(path.read_text())
         raw["labels"] = tuple(raw.get("labels", LABELS))
+        raw["class_bias"] = tuple(raw.get("class_bias", ()))
         return cls(**raw)
 
 
@@ -143,7 +145,7 @@ def model_kinds() -> dict[str, type[Scorer]]:
 
 
 class InferenceCore:
-    """A scorer of any model kind with its temperature and abstention threshold."""
+    """A scorer of any model kind with its calibration (temperature, class biases) and abstain threshold."""
 
     def __init__(self, scorer: Scorer, metadata: ModelMetadata):
         self.scorer = scorer
@@ -169,7 +171,7 @@ class InferenceCore:
         return self.scorer.logits(texts)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return softmax(self.logits(texts), self.metadata.temperature)
+        return softmax(self.logits(texts), self.metadata.temperature, self.metadata.class_bias)
 
     def predict(self, texts: Sequence[object]) -> pd.DataFrame:
         """One output row per text, in order; blank or missing texts abstain with NaN probabilities."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from restar.calibration import expected_calibration_error, fit_temperature, softmax
+from restar.calibration import expected_calibration_error, fit_calibration, softmax
 from restar.labels import LABELS
 
 
@@ -30,11 +30,13 @@ def with_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
 
 
 def calibrate_on_dev(
-    logits: np.ndarray, labels: np.ndarray, threshold: float
-) -> tuple[float, dict[str, float]]:
-    """Fit the temperature on dev logits; return it with the dev metrics (calibrated and not)."""
-    temperature = fit_temperature(logits, labels)
-    metrics = with_prefix(classification_metrics(softmax(logits, temperature), labels, threshold), "dev")
+    logits: np.ndarray, labels: np.ndarray, threshold: float, with_bias: bool = False
+) -> tuple[float, tuple[float, ...], dict[str, float]]:
+    """Fit the temperature (and class biases) on dev logits; return them with the dev metrics."""
+    temperature, bias = fit_calibration(logits, labels, with_bias)
+    calibrated = softmax(logits, temperature, bias)
+    metrics = with_prefix(classification_metrics(calibrated, labels, threshold), "dev")
     metrics["dev_ece_uncalibrated"] = round(expected_calibration_error(softmax(logits), labels), 6)
     metrics["temperature"] = round(temperature, 6)
-    return temperature, metrics
+    metrics.update({f"class_bias_{name}": value for name, value in zip(LABELS, bias, strict=True)})
+    return temperature, bias, metrics

@@ -41,6 +41,7 @@ def lineage(config: RunConfig, config_path: Path, data_stats: dict, run_dir: Pat
         "restar.data_sha256": data_stats["frozen_content_sha256"],
         "restar.data_rows": json.dumps(data_stats["rows"]),
         "restar.temperature": f"{model['temperature']:.6f}",
+        "restar.class_bias": json.dumps(model.get("class_bias", [])),
         "restar.abstain_threshold": str(model["abstain_threshold"]),
     }
 

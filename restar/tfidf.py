@@ -94,11 +94,15 @@ def train_baseline(config: RunConfig, config_path: Path, data_dir: Path, out_dir
     data_stats = json.loads((data_dir / "stats.json").read_text())
     scorer = fit(train_frame, config.baseline)
     threshold = config.train.abstain_threshold
-    temperature, dev_metrics = calibrate_on_dev(
-        scorer.logits(dev_frame["text"]), dev_frame["label"].to_numpy(), threshold
+    temperature, bias, dev_metrics = calibrate_on_dev(
+        scorer.logits(dev_frame["text"]),
+        dev_frame["label"].to_numpy(),
+        threshold,
+        with_bias=config.train.calibration == "temperature+bias",
     )
     metadata = ModelMetadata(
         temperature=temperature,
+        class_bias=bias,
         abstain_threshold=threshold,
         max_length=0,
         base_model="tfidf-logreg",

@@ -207,13 +207,15 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
 
         model = trainer.model.to("cpu").eval()
         scorer = TransformerScorer(model, tokenizer, settings.max_length, settings.eval_batch_size)
-        temperature, dev_metrics = calibrate_on_dev(
+        temperature, bias, dev_metrics = calibrate_on_dev(
             scorer.logits(dev_frame["text"].tolist()),
             dev_frame["label"].to_numpy(),
             settings.abstain_threshold,
+            with_bias=settings.calibration == "temperature+bias",
         )
         metadata = ModelMetadata(
             temperature=temperature,
+            class_bias=bias,
             abstain_threshold=settings.abstain_threshold,
             max_length=settings.max_length,
             base_model=base_model["source"],

@@ -1,10 +1,11 @@
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from restar.calibration import expected_calibration_error, fit_temperature, softmax
-from restar.inference import InferenceCore, decide, is_blank
+from restar.calibration import expected_calibration_error, fit_calibration, fit_temperature, softmax
+from restar.inference import InferenceCore, ModelMetadata, decide, is_blank
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
 from restar.metrics import classification_metrics
 
@@ -75,6 +76,32 @@ def test_fit_temperature_recovers_a_known_temperature() -> None:
     before = expected_calibration_error(softmax(true_logits * 2.5), labels)
     after = expected_calibration_error(softmax(true_logits * 2.5, fitted), labels)
     assert after < before
+
+
+def test_fit_calibration_recovers_a_prior_shift() -> None:
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(0, 2, size=(6000, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+    # A network that learnt too little of class 0 and too much of class 1: biases undo the shift.
+    shifted = true_logits + np.array([-0.6, 0.5, 0.1])
+    temperature, bias = fit_calibration(shifted, labels, with_bias=True)
+    assert temperature == pytest.approx(1.0, rel=0.1)
+    assert bias == pytest.approx([0.6, -0.5, -0.1], abs=0.15)
+    assert sum(bias) == pytest.approx(0.0, abs=1e-5)
+    assert fit_calibration(shifted, labels, with_bias=False)[1] == ()
+    plain_accuracy = (shifted.argmax(axis=1) == labels).mean()
+    assert (softmax(shifted, temperature, bias).argmax(axis=1) == labels).mean() > plain_accuracy
+
+
+def test_class_bias_applies_after_the_temperature(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    ModelMetadata(temperature=1.3, class_bias=(0.5, 0.0, -0.5), max_length=64).save(model_dir)
+    core = InferenceCore.from_dir(model_dir)
+    assert core.metadata.class_bias == (0.5, 0.0, -0.5)
+    logits = core.logits(["nice"])
+    expected = softmax(logits / 1.3 + np.array([0.5, 0.0, -0.5]))
+    assert core.probabilities(["nice"]) == pytest.approx(expected, abs=1e-6)
 
 
 def test_metrics_names_and_values() -> None:
