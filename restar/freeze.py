@@ -157,11 +157,11 @@ def grouped_split(frame: pd.DataFrame, split: SplitConfig) -> pd.Series:
         per_product = pd.crosstab(part["parent_asin"], part["label"])
         best_score, best_names = np.inf, {}
         for _ in range(split.shuffles):
-            order = per_product.index.to_numpy()[rng.permutation(len(per_product))]
-            names = _cut_in_order(per_product.loc[order].sum(axis=1).to_numpy(), split)
-            score = _split_mismatch(per_product.loc[order].to_numpy(), names, split)
+            shuffled = per_product.iloc[rng.permutation(len(per_product))]
+            names = _cut_in_order(shuffled.sum(axis=1).to_numpy(), split)
+            score = _split_mismatch(shuffled.to_numpy(), names, split)
             if score < best_score or not best_names:
-                best_score, best_names = score, dict(zip(order, names, strict=True))
+                best_score, best_names = score, dict(zip(shuffled.index, names, strict=True))
         assignment[part.index] = part["parent_asin"].map(best_names)
     return assignment
 
