@@ -38,5 +38,6 @@ def calibrate_on_dev(
     metrics = with_prefix(classification_metrics(calibrated, labels, threshold), "dev")
     metrics["dev_ece_uncalibrated"] = round(expected_calibration_error(softmax(logits), labels), 6)
     metrics["temperature"] = round(temperature, 6)
-    metrics.update({f"class_bias_{name}": value for name, value in zip(LABELS, bias, strict=True)})
+    if bias:
+        metrics.update({f"class_bias_{name}": value for name, value in zip(LABELS, bias, strict=True)})
     return temperature, bias, metrics

@@ -6,8 +6,8 @@ import pytest
 
 from restar.calibration import expected_calibration_error, fit_calibration, fit_temperature, softmax
 from restar.inference import InferenceCore, ModelMetadata, decide, is_blank
-from restar.labels import ABSTAIN, OUTPUT_COLUMNS
-from restar.metrics import classification_metrics
+from restar.labels import ABSTAIN, LABELS, OUTPUT_COLUMNS
+from restar.metrics import calibrate_on_dev, classification_metrics
 
 
 def test_abstention_boundary_is_exactly_the_threshold() -> None:
@@ -91,6 +91,17 @@ def test_fit_calibration_recovers_a_prior_shift() -> None:
     assert fit_calibration(shifted, labels, with_bias=False)[1] == ()
     plain_accuracy = (shifted.argmax(axis=1) == labels).mean()
     assert (softmax(shifted, temperature, bias).argmax(axis=1) == labels).mean() > plain_accuracy
+
+
+def test_calibrate_on_dev_reports_biases_only_when_fitted() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2, size=(500, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax(logits)])
+    _, bias, metrics = calibrate_on_dev(logits, labels, threshold=0.65)
+    assert bias == () and "temperature" in metrics and not any(k.startswith("class_bias") for k in metrics)
+    _, bias, metrics = calibrate_on_dev(logits, labels, threshold=0.65, with_bias=True)
+    assert len(bias) == 3
+    assert [metrics[f"class_bias_{name}"] for name in LABELS] == list(bias)
 
 
 def test_class_bias_applies_after_the_temperature(tiny_model_dir: Path, tmp_path: Path) -> None:
