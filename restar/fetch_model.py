@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 from restar.config import PACKAGED_ENCODER, ModelConfig
@@ -35,6 +36,15 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
     if local.is_dir():
         return local
     return _download_from_hub(source, revision)
+
+
+def describe_source(source: str, source_dir: Path) -> str:
+    """Where the weights came from, without paths of this machine: it is hashed into dvc.lock."""
+    if source == PACKAGED_ENCODER:
+        return f"{PACKAGED_ENCODER}=={version(PACKAGED_ENCODER)}"
+    if Path(source).expanduser().is_dir():
+        return source
+    return f"{source}@{source_dir.name}"  # hub snapshot folders are named by commit
 
 
 def _download_from_hub(repo_id: str, revision: str | None) -> Path:
@@ -77,7 +87,7 @@ def fetch_model(config: ModelConfig, out_dir: Path) -> Path:
         tokenizer.save_pretrained(staging)
         provenance = {
             "source": config.source,
-            "resolved_from": str(source_dir),
+            "resolved_from": describe_source(config.source, source_dir),
             "revision": config.revision,
             "layers": model_config.num_hidden_layers,
             "layers_in_source": total_layers,
