@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from restar.calibration import expected_calibration_error, reliability_bins, softmax
-from restar.inference import InferenceCore
+from restar.inference import InferenceCore, ModelMetadata
 from restar.labels import LABELS
 from restar.metrics import classification_metrics, with_prefix
 from restar.onnx_backend import TORCH
@@ -59,12 +59,13 @@ def plot_risk_coverage(probs: np.ndarray, labels: np.ndarray, threshold: float, 
 
 
 def plot_reliability(
-    raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, temperature: float, path: Path
+    raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, metadata: ModelMetadata, path: Path
 ) -> None:
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    for probs, name in ((raw, "before (T=1)"), (calibrated, f"after (T={temperature:.2f})")):
+    after = f"after (T={metadata.temperature:.2f}{', class biases' if metadata.class_bias else ''})"
+    for probs, name in ((raw, "before (T=1)"), (calibrated, after)):
         confidence, accuracy = reliability_bins(probs, labels)
         ece = expected_calibration_error(probs, labels)
         ax.plot(confidence, accuracy, marker="o", label=f"{name}, ECE {ece:.3f}")
@@ -79,7 +80,7 @@ def plot_reliability(
 def reference_accuracy(model_dir: Path, frame: pd.DataFrame, accuracy: float) -> dict[str, float]:
     """Eval accuracy of the PyTorch fp32 weights, which an ONNX backend must stay close to."""
     reference = InferenceCore.from_dir(model_dir, batch_size=64, backend=TORCH)
-    predicted = reference.logits(frame["text"].tolist()).argmax(axis=1)
+    predicted = reference.probabilities(frame["text"].tolist()).argmax(axis=1)  # class biases can move argmax
     reference_accuracy = float((predicted == frame["label"].to_numpy()).mean())
     return {
         "eval_reference_accuracy": round(reference_accuracy, 6),
@@ -93,8 +94,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]
     frame = pd.read_parquet(data_dir / "eval.parquet")
     labels = frame["label"].to_numpy()
     logits = core.logits(frame["text"].tolist())
-    temperature = core.metadata.temperature
-    raw, calibrated = softmax(logits), softmax(logits, temperature, core.metadata.class_bias)
+    raw, calibrated = softmax(logits), core.calibrate(logits)
 
     metrics = with_prefix(classification_metrics(calibrated, labels, core.metadata.abstain_threshold), "eval")
     metrics["eval_ece_uncalibrated"] = round(expected_calibration_error(raw, labels), 6)
@@ -107,7 +107,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]
     plots_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion_matrix(labels, calibrated.argmax(axis=1), plots_dir / "confusion_matrix.png")
     plot_risk_coverage(calibrated, labels, core.metadata.abstain_threshold, plots_dir / "risk_coverage.png")
-    plot_reliability(raw, calibrated, labels, temperature, plots_dir / "reliability.png")
+    plot_reliability(raw, calibrated, labels, core.metadata, plots_dir / "reliability.png")
     (out_dir / "metrics_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     configure_tracking()

@@ -170,8 +170,12 @@ class InferenceCore:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return self.scorer.logits(texts)
 
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for this model's logits: softmax(logits / T + class biases)."""
+        return softmax(logits, self.metadata.temperature, self.metadata.class_bias)
+
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return softmax(self.logits(texts), self.metadata.temperature, self.metadata.class_bias)
+        return self.calibrate(self.logits(texts))
 
     def predict(self, texts: Sequence[object]) -> pd.DataFrame:
         """One output row per text, in order; blank or missing texts abstain with NaN probabilities."""

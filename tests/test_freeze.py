@@ -69,6 +69,9 @@ def test_split_search_keeps_a_large_product_from_skewing_eval() -> None:
     frame = pd.DataFrame({"category": "X", "parent_asin": products, "label": labels})
     natural = frame["label"].value_counts(normalize=True)
 
+    single = grouped_split(frame, SplitConfig(seed=0, shuffles=1))
+    assert (single[frame["parent_asin"] == "big"] == "eval").all()  # this seed's first order skews eval
+
     assignment = grouped_split(frame, SplitConfig(seed=0, shuffles=200))
 
     assert assignment[frame["parent_asin"] == "big"].nunique() == 1
