@@ -25,6 +25,7 @@ TORCH = "torch"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 BACKENDS = (TORCH, *ONNX_FILES)
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+DYNAMIC_AXES = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES} | {"logits": {0: "batch"}}
 
 
 class _Logits(torch.nn.Module):
@@ -41,36 +42,57 @@ class _Logits(torch.nn.Module):
 
 
 def export_fp32(model_dir: Path, path: Path) -> None:
+    """Export the classifier to ONNX, then fuse it with ONNX Runtime's transformer optimizer.
+
+    The fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) only recognise the
+    eager-attention graph of the TorchScript exporter, not the dynamo exporter's; fused, the int8 model runs
+    about a quarter faster at batch 1 (README, Results).
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     example = tokenizer(["An example review.", "Short."], padding=True, return_tensors="pt")
     if "token_type_ids" not in example:
         example["token_type_ids"] = torch.zeros_like(example["input_ids"])
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    torch.onnx.export(
-        _Logits(model).eval(),
-        tuple(example[name] for name in INPUT_NAMES),
-        str(path),
-        input_names=list(INPUT_NAMES),
-        output_names=["logits"],
-        dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        unfused = Path(tmp) / "unfused.onnx"
+        torch.onnx.export(
+            _Logits(model).eval(),
+            tuple(example[name] for name in INPUT_NAMES),
+            str(unfused),
+            input_names=list(INPUT_NAMES),
+            output_names=["logits"],
+            dynamic_axes=DYNAMIC_AXES,
+            opset_version=17,
+            dynamo=False,
+        )
+        fuse(unfused, path, num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size)
+
+
+def fuse(unfused: Path, path: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """ONNX Runtime's BERT fusions; returns how many of each fused operator the graph now has."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(unfused), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
+    logger.info("fused operators: %s", fused)
+    optimized.save_model_to_file(str(path))
+    return fused
 
 
 def quantize_int8(fp32_path: Path, path: Path) -> None:
     """Dynamic quantization: int8 weights, activations quantized per call."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
+    # Shape inference can't type the outputs of fused (com.microsoft) operators: they are all float.
+    quantize_dynamic(
+        str(fp32_path),
+        str(path),
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
 
 
 def convert(model_dir: Path, backend: str) -> ModelMetadata:
@@ -115,6 +137,7 @@ class OnnxScorer:
         self.max_length = max_length
         self.batch_size = batch_size
         self.num_labels = session.get_outputs()[0].shape[-1]
+        self.input_names = [graph_input.name for graph_input in session.get_inputs()]
 
     @classmethod
     def load(cls, model_dir: Path, metadata: ModelMetadata, batch_size: int = 32) -> OnnxScorer:
@@ -133,7 +156,8 @@ class OnnxScorer:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         for batch, encoded in encoded_batches(self.tokenizer, texts, self.batch_size, self.max_length, "np"):
-            feed = {name: encoded[name].astype(np.int64) for name in INPUT_NAMES if name in encoded}
-            feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
+            feed = {name: encoded[name].astype(np.int64) for name in self.input_names if name in encoded}
+            if "token_type_ids" in self.input_names:
+                feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
             out[batch] = self.session.run(["logits"], feed)[0]
         return out

@@ -55,6 +55,20 @@ def test_onnx_fp32_matches_torch(tiny_model_dir: Path, backends: dict[str, Path]
     assert np.abs(int8 - reference).max() < 0.5  # quantized, so close but not equal
 
 
+def test_exported_graphs_are_fused(backends: dict[str, Path]) -> None:
+    """Attention and layer norms run as ONNX Runtime's fused kernels, quantized ones in the int8 model."""
+    import onnx
+
+    def op_types(path: Path) -> set[str]:
+        return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+
+    fp32 = op_types(backends["onnx"] / ONNX_FILES["onnx"])
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= fp32
+    assert "Softmax" not in fp32  # the unfused attention's
+    int8 = op_types(backends["onnx-int8"] / ONNX_FILES["onnx-int8"])
+    assert {"QAttention", "MatMulInteger", "SkipLayerNormalization"} <= int8
+
+
 def test_archives_carry_only_the_backends_weights(tiny_model_dir: Path, backends: dict[str, Path]) -> None:
     int8 = {path.name for path in serving_files(backends["onnx-int8"])}
     assert "model.int8.onnx" in int8
