@@ -1,0 +1,259 @@
+"""Where the batch-1 latency of an ONNX backend goes, and how far it is from what the hardware allows.
+
+On ~100-word real eval texts, one at a time:
+  - each stage of a pyfunc call: tokenization, the ONNX forward, calibration and the output frame (the rest
+    of the inference core), and MLflow's pyfunc wrapper around it;
+  - ONNX Runtime's per-operator profile of the forward;
+  - the floor: the model's own matrix multiplies, same shapes, same token count, same quantization, timed
+    alone; and the machine's peak GEMM throughput for those shapes at a large batch.
+
+Writes JSON and a PNG; numbers depend on the machine, which is recorded beside them.
+
+    python scripts/profile_latency.py --model outputs/dvc_run/model --output results/bench/profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import onnxruntime
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from transformers import AutoConfig
+
+from restar.bench import hardware
+from restar.inference import InferenceCore
+from restar.onnx_backend import ONNX_FILES, convert
+from restar.pyfunc import save_pyfunc
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_speed import latency_texts, mean_words
+
+
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(timings))
+
+
+def session(path: Path, profile_prefix: str | None = None) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OnnxScorer
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def stage_latencies(model_dir: Path, pyfunc_dir: Path, texts: list[str]) -> dict[str, float]:
+    """Median ms per text of each nested stage; each stage's share is what it adds to the one inside it."""
+    core = InferenceCore.from_dir(model_dir)
+    scorer = core.scorer
+    pyfunc = mlflow.pyfunc.load_model(str(pyfunc_dir))
+
+    def tokenize(text: str) -> dict:
+        return scorer.tokenizer([text], truncation=True, max_length=scorer.max_length, return_tensors="np")
+
+    def feed(encoded: dict) -> dict:
+        return {name: encoded[name].astype(np.int64) for name in scorer.input_names if name in encoded}
+
+    feeds = [feed(tokenize(text)) for text in texts]
+    stages = {
+        "tokenize": lambda i: tokenize(texts[i]),
+        "forward": lambda i: scorer.session.run(["logits"], feeds[i]),
+        "inference_core": lambda i: core.predict([texts[i]]),
+        "pyfunc": lambda i: pyfunc.predict(pd.DataFrame({"text": [texts[i]]})),
+    }
+    for call in stages.values():  # warm up every path before timing any
+        for i in range(min(10, len(texts))):
+            call(i)
+    return {name: per_text_median_ms(call, len(texts)) for name, call in stages.items()}
+
+
+def per_text_median_ms(call: Callable[[int], object], n: int) -> float:
+    """The median over texts of each text's best-of-3 median: one slow call doesn't move it."""
+    return float(np.median([median_ms(lambda i=i: call(i), 3) for i in range(n)]))
+
+
+def operator_profile(onnx_path: Path, feeds: list[dict], workdir: Path) -> dict[str, float]:
+    """Average ms per forward spent in each ONNX operator type, from ONNX Runtime's own profiler."""
+    profiled = session(onnx_path, str(workdir / "ort_profile"))
+    for feed in feeds:
+        profiled.run(["logits"], feed)
+    events = json.loads(Path(profiled.end_profiling()).read_text())
+    per_op: Counter[str] = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+    return {op: round(us / len(feeds) / 1000.0, 3) for op, us in per_op.most_common()}
+
+
+def gemm_model(rows_in: int, cols_out: int, path: Path, int8: bool) -> Path:
+    """One MatMul by a random (rows_in x cols_out) weight, dynamically quantized like the model's if int8."""
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((rows_in, cols_out), np.float32), "w"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", rows_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", cols_out])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    if not int8:
+        return path
+    quantized = path.with_suffix(".int8.onnx")
+    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+    return quantized
+
+
+def gemm_ms(gemm: onnxruntime.InferenceSession, x: np.ndarray, repeats: int) -> float:
+    return median_ms(lambda: gemm.run(["y"], {"x": x}), repeats)
+
+
+def gemm_floor(model_dir: Path, tokens: int, int8: bool, workdir: Path) -> dict[str, object]:
+    """The encoder's matrix multiplies at `tokens` rows, timed alone: no forward can beat their sum."""
+    config = AutoConfig.from_pretrained(model_dir)
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    shapes = {"qkv": (hidden, 3 * hidden), "attention_out": (hidden, hidden), "ffn_in": (hidden, inner)}
+    shapes["ffn_out"] = (inner, hidden)
+    per_layer_ms, peak_gmacs = {}, {}
+    for name, (rows_in, cols_out) in shapes.items():
+        gemm = session(gemm_model(rows_in, cols_out, workdir / f"{name}.onnx", int8))
+        at_tokens = np.random.default_rng(1).standard_normal((tokens, rows_in), np.float32)
+        large = np.random.default_rng(2).standard_normal((2048, rows_in), np.float32)
+        for x in (at_tokens, large):
+            for _ in range(5):
+                gemm.run(["y"], {"x": x})
+        per_layer_ms[name] = round(gemm_ms(gemm, at_tokens, 200), 4)
+        large_ms = gemm_ms(gemm, large, 20)
+        peak_gmacs[name] = round(2048 * rows_in * cols_out / large_ms / 1e6, 1)
+    macs_per_token = layers * sum(rows_in * cols_out for rows_in, cols_out in shapes.values())
+    macs = macs_per_token * tokens
+    floor_ms = layers * sum(per_layer_ms.values())
+    return {
+        "tokens": tokens,
+        "layers": layers,
+        "gemm_ms_per_layer": per_layer_ms,
+        "gemm_floor_ms": round(floor_ms, 3),
+        "gemm_gmacs_at_tokens": round(macs / floor_ms / 1e6, 1),
+        "gemm_gmacs_at_2048_rows": peak_gmacs,
+        "peak_floor_ms": round(macs / max(peak_gmacs.values()) / 1e6, 3),
+        "encoder_gmacs_per_forward": round(macs / 1e9, 3),
+        "encoder_macs_per_token": macs_per_token,
+        "peak_gmacs": max(peak_gmacs.values()),
+    }
+
+
+def throughput_ceiling(floor: dict[str, object], tokens_per_review: float) -> float:
+    """Reviews/s if every token's matrix multiplies ran at the peak GEMM rate and nothing else took time."""
+    return round(floor["peak_gmacs"] * 1e9 / (floor["encoder_macs_per_token"] * tokens_per_review), 1)
+
+
+def plot(report: dict, path: Path) -> None:
+    stages = report["stages_ms"]
+    parts = {
+        "tokenize": stages["tokenize"],
+        "forward": stages["forward"],
+        "calibrate + output frame": stages["inference_core"] - stages["tokenize"] - stages["forward"],
+        "MLflow pyfunc wrapper": stages["pyfunc"] - stages["inference_core"],
+    }
+    figure = Figure(figsize=(9, 4.5))
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    start = 0.0
+    for name, ms in parts.items():
+        left.barh(0, ms, left=start, label=f"{name} {ms:.1f} ms")
+        start += ms
+    floor = report["floor"]
+    left.axvline(
+        floor["gemm_floor_ms"], color="black", ls="--", label=f"GEMM floor {floor['gemm_floor_ms']:.1f} ms"
+    )
+    left.axvline(
+        floor["peak_floor_ms"], color="grey", ls=":", label=f"peak-GEMM floor {floor['peak_floor_ms']:.1f} ms"
+    )
+    left.set_yticks([])
+    left.set_xlabel("ms, batch 1 (median)")
+    left.set_title(f"pyfunc call, {report['backend']}, {report['mean_tokens']:.0f} tokens")
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    ops = dict(list(report["forward_ms_by_operator"].items())[:8])
+    right.barh(list(ops)[::-1], list(ops.values())[::-1])
+    right.set_xlabel("ms per forward")
+    right.set_title("ONNX Runtime profile of the forward")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, required=True, help="a trained Re*Star transformer model directory"
+    )
+    parser.add_argument("--data", type=Path, default=Path("data/frozen/eval.parquet"))
+    parser.add_argument("--backend", choices=sorted(ONNX_FILES), default="onnx-int8")
+    parser.add_argument("--texts", type=int, default=100)
+    parser.add_argument("--output", type=Path, default=Path("outputs/bench/profile.json"))
+    args = parser.parse_args()
+
+    texts = latency_texts(pd.read_parquet(args.data), args.texts, (80, 120))
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        model_dir = workdir / "model"
+        shutil.copytree(args.model, model_dir)
+        convert(model_dir, args.backend)
+        save_pyfunc(model_dir, workdir / "pyfunc")
+        stages = stage_latencies(model_dir, workdir / "pyfunc", texts)
+        scorer = InferenceCore.from_dir(model_dir).scorer
+        encoded = [scorer.tokenizer([t], truncation=True, max_length=scorer.max_length) for t in texts]
+        feeds = [
+            {name: np.asarray(e[name], dtype=np.int64) for name in scorer.input_names if name in e}
+            for e in encoded
+        ]
+        tokens = float(np.mean([len(e["input_ids"][0]) for e in encoded]))
+        eval_texts = pd.read_parquet(args.data)["text"].tolist()
+        eval_tokens = scorer.tokenizer(eval_texts, truncation=True, max_length=scorer.max_length)["input_ids"]
+        eval_mean_tokens = float(np.mean([len(ids) for ids in eval_tokens]))
+        floor = gemm_floor(model_dir, round(tokens), args.backend == "onnx-int8", workdir)
+        report = {
+            "backend": args.backend,
+            "texts": len(texts),
+            "mean_words": mean_words(texts),
+            "mean_tokens": round(tokens, 1),
+            "stages_ms": {name: round(ms, 3) for name, ms in stages.items()},
+            "forward_ms_by_operator": operator_profile(model_dir / ONNX_FILES[args.backend], feeds, workdir),
+            "floor": floor,
+            "eval_mean_tokens": round(eval_mean_tokens, 1),
+            "throughput_ceiling_reviews_per_s": throughput_ceiling(floor, eval_mean_tokens),
+            "hardware": {**hardware(), "onnxruntime_version": onnxruntime.__version__},
+        }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, args.output.with_suffix(".png"))
+    summary = ("mean_tokens", "stages_ms", "floor", "eval_mean_tokens", "throughput_ceiling_reviews_per_s")
+    print(json.dumps({key: report[key] for key in summary}, indent=2))
+    print("forward by operator (ms):", report["forward_ms_by_operator"])
+
+
+if __name__ == "__main__":
+    main()
