@@ -25,20 +25,18 @@ TORCH = "torch"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 BACKENDS = (TORCH, *ONNX_FILES)
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-DYNAMIC_AXES = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES} | {"logits": {0: "batch"}}
 
 
 class _Logits(torch.nn.Module):
     """The classifier with positional inputs and a plain logits output, as the exporter wants it."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, input_names: list[str]):
         super().__init__()
         self.model = model
+        self.input_names = input_names
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).logits
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
 
 
 def export_fp32(model_dir: Path, path: Path) -> None:
@@ -53,17 +51,17 @@ def export_fp32(model_dir: Path, path: Path) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     example = tokenizer(["An example review.", "Short."], padding=True, return_tensors="pt")
-    if "token_type_ids" not in example:
-        example["token_type_ids"] = torch.zeros_like(example["input_ids"])
+    # BERT-style encoders take token_type_ids, DistilBERT-style ones don't: export what the tokenizer makes.
+    names = [name for name in INPUT_NAMES if name in example]
     with tempfile.TemporaryDirectory() as tmp:
         unfused = Path(tmp) / "unfused.onnx"
         torch.onnx.export(
-            _Logits(model).eval(),
-            tuple(example[name] for name in INPUT_NAMES),
+            _Logits(model, names).eval(),
+            tuple(example[name] for name in names),
             str(unfused),
-            input_names=list(INPUT_NAMES),
+            input_names=names,
             output_names=["logits"],
-            dynamic_axes=DYNAMIC_AXES,
+            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}},
             opset_version=17,
             dynamo=False,
         )
@@ -150,9 +148,6 @@ class OnnxScorer:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads would spin-wait for the next call, taking the cores away from tokenizing,
-        # TorchServe's frontend and concurrent requests; at batch 1 alone it makes no measurable difference.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return cls(session, AutoTokenizer.from_pretrained(model_dir), metadata.max_length, batch_size)
 

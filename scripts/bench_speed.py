@@ -95,12 +95,12 @@ def raw_forward_latency(model_dir: Path, texts: list[str], warmup: int) -> dict[
         for text in texts
     ]
     if hasattr(scorer, "session"):
-        feeds = [{name: e[name].astype(np.int64) for name in INPUT_NAMES} for e in encoded]
+        feeds = [{name: e[name].astype(np.int64) for name in scorer.input_names} for e in encoded]
 
         def forward(feed):
             return scorer.session.run(["logits"], feed)
     else:
-        feeds = [{name: torch.from_numpy(e[name]) for name in INPUT_NAMES} for e in encoded]
+        feeds = [{name: torch.from_numpy(e[name]) for name in INPUT_NAMES if name in e} for e in encoded]
 
         def forward(feed):
             with torch.inference_mode():

@@ -57,7 +57,6 @@ def session(path: Path, profile_prefix: str | None = None) -> onnxruntime.Infere
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OnnxScorer
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

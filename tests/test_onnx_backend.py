@@ -10,8 +10,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from restar.fetch_model import packaged_encoder_dir
 from restar.inference import InferenceCore, ModelMetadata, TransformerScorer
+from restar.labels import LABELS
 from restar.onnx_backend import ONNX_FILES, OnnxScorer, convert, serving_files
 from restar.predictor import predict_file
 from restar.pyfunc import log_pyfunc
@@ -67,6 +70,37 @@ def test_exported_graphs_are_fused(backends: dict[str, Path]) -> None:
     assert "Softmax" not in fp32  # the unfused attention's
     int8 = op_types(backends["onnx-int8"] / ONNX_FILES["onnx-int8"])
     assert {"QAttention", "MatMulInteger", "SkipLayerNormalization"} <= int8
+
+
+def test_encoders_without_token_type_ids_convert(tmp_path: Path) -> None:
+    """DistilBERT-style checkpoints (model.source: distilbert-base-uncased) take no token_type_ids."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    folder = tmp_path / "model"
+    tokenizer = AutoTokenizer.from_pretrained(
+        packaged_encoder_dir(), model_input_names=["input_ids", "attention_mask"]
+    )
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size,
+        dim=64,
+        hidden_dim=128,
+        n_layers=1,
+        n_heads=4,
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+    )
+    torch.manual_seed(0)
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ModelMetadata(temperature=1.0, max_length=64, base_model="tiny-distilbert").save(folder)
+    texts = [text for text in TEXTS if text.strip()]
+    reference = InferenceCore.from_dir(folder).logits(texts)
+
+    for backend in ONNX_FILES:
+        convert(folder, backend)
+        scorer = InferenceCore.from_dir(folder).scorer
+        assert scorer.input_names == ["input_ids", "attention_mask"]
+        np.testing.assert_allclose(scorer.logits(texts), reference, atol=1e-4 if backend == "onnx" else 0.5)
 
 
 def test_archives_carry_only_the_backends_weights(tiny_model_dir: Path, backends: dict[str, Path]) -> None:
