@@ -211,8 +211,8 @@ def split_stats(frame: pd.DataFrame) -> dict[str, object]:
     }
 
 
-def freeze(config: FreezeConfig, out_dir: Path) -> dict[str, object]:
-    """Read, clean, dedupe and split every configured category; write parquet splits and stats.json."""
+def read_sources(config: FreezeConfig) -> tuple[pd.DataFrame, dict[str, int]]:
+    """All configured categories' rows (a seeded sample above the cap) and how many each category had."""
     frames, read_counts = [], {}
     for category in config.source.categories:
         raw = read_category(category, config.source)
@@ -221,7 +221,12 @@ def freeze(config: FreezeConfig, out_dir: Path) -> dict[str, object]:
         if cap is not None and len(raw) > cap:
             raw = raw.sample(n=cap, random_state=config.split.seed).sort_index()
         frames.append(raw)
-    raw = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), read_counts
+
+
+def freeze(config: FreezeConfig, out_dir: Path) -> dict[str, object]:
+    """Read, clean, dedupe and split every configured category; write parquet splits and stats.json."""
+    raw, read_counts = read_sources(config)
     cleaned, dropped = clean_rows(raw, config.clean)
     if cleaned.empty:
         raise DataSourceError("no usable rows left after cleaning")

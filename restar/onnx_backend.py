@@ -68,15 +68,14 @@ def export_fp32(model_dir: Path, path: Path) -> None:
         fuse(unfused, path, num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size)
 
 
-def fuse(unfused: Path, path: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """ONNX Runtime's BERT fusions; returns how many of each fused operator the graph now has."""
+def fuse(unfused: Path, path: Path, num_heads: int, hidden_size: int) -> None:
+    """ONNX Runtime's BERT fusions, logging how many of each fused operator the graph now has."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     optimized = optimize_model(str(unfused), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
     fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
     logger.info("fused operators: %s", fused)
     optimized.save_model_to_file(str(path))
-    return fused
 
 
 def quantize_int8(fp32_path: Path, path: Path) -> None:
@@ -126,6 +125,16 @@ def serving_files(model_dir: Path) -> list[Path]:
     return sorted(path for path in model_dir.iterdir() if path.is_file() and path.name not in unused)
 
 
+def session_options():
+    """How every ONNX Runtime session of a Re*Star model runs: torch's thread count, all optimizations."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 class OnnxScorer:
     """The transformer kind through ONNX Runtime; tokenization and batching as in TransformerScorer."""
 
@@ -145,17 +154,17 @@ class OnnxScorer:
         path = model_dir / ONNX_FILES[metadata.backend]
         if not path.is_file():
             raise FileNotFoundError(f"{model_dir}: backend {metadata.backend!r} but no {path.name}")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            str(path), session_options(), providers=["CPUExecutionProvider"]
+        )
         return cls(session, AutoTokenizer.from_pretrained(model_dir), metadata.max_length, batch_size)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         for batch, encoded in encoded_batches(self.tokenizer, texts, self.batch_size, self.max_length, "np"):
-            feed = {name: encoded[name].astype(np.int64) for name in self.input_names if name in encoded}
-            if "token_type_ids" in self.input_names:
-                feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
-            out[batch] = self.session.run(["logits"], feed)[0]
+            out[batch] = self.session.run(["logits"], self.feed(encoded))[0]
         return out
+
+    def feed(self, encoded) -> dict[str, np.ndarray]:
+        """The graph's inputs from a tokenizer's output: the export took the inputs that tokenizer makes."""
+        return {name: np.asarray(encoded[name], dtype=np.int64) for name in self.input_names}

@@ -95,7 +95,7 @@ def raw_forward_latency(model_dir: Path, texts: list[str], warmup: int) -> dict[
         for text in texts
     ]
     if hasattr(scorer, "session"):
-        feeds = [{name: e[name].astype(np.int64) for name in scorer.input_names} for e in encoded]
+        feeds = [scorer.feed(e) for e in encoded]
 
         def forward(feed):
             return scorer.session.run(["logits"], feed)

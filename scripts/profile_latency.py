@@ -29,7 +29,6 @@ import numpy as np
 import onnx
 import onnxruntime
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -37,7 +36,7 @@ from transformers import AutoConfig
 
 from restar.bench import hardware
 from restar.inference import InferenceCore
-from restar.onnx_backend import ONNX_FILES, convert
+from restar.onnx_backend import ONNX_FILES, OnnxScorer, convert, session_options
 from restar.pyfunc import save_pyfunc
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -54,30 +53,26 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
 
 
 def session(path: Path, profile_prefix: str | None = None) -> onnxruntime.InferenceSession:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    """A session like the inference core's, optionally with ONNX Runtime's profiler on."""
+    options = session_options()
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def stage_latencies(model_dir: Path, pyfunc_dir: Path, texts: list[str]) -> dict[str, float]:
+def tokenize(scorer: OnnxScorer, text: str) -> dict:
+    return scorer.tokenizer([text], truncation=True, max_length=scorer.max_length, return_tensors="np")
+
+
+def stage_latencies(
+    core: InferenceCore, pyfunc_dir: Path, texts: list[str], feeds: list[dict]
+) -> dict[str, float]:
     """Median ms per text of each nested stage; each stage's share is what it adds to the one inside it."""
-    core = InferenceCore.from_dir(model_dir)
     scorer = core.scorer
     pyfunc = mlflow.pyfunc.load_model(str(pyfunc_dir))
-
-    def tokenize(text: str) -> dict:
-        return scorer.tokenizer([text], truncation=True, max_length=scorer.max_length, return_tensors="np")
-
-    def feed(encoded: dict) -> dict:
-        return {name: encoded[name].astype(np.int64) for name in scorer.input_names if name in encoded}
-
-    feeds = [feed(tokenize(text)) for text in texts]
     stages = {
-        "tokenize": lambda i: tokenize(texts[i]),
+        "tokenize": lambda i: tokenize(scorer, texts[i]),
         "forward": lambda i: scorer.session.run(["logits"], feeds[i]),
         "inference_core": lambda i: core.predict([texts[i]]),
         "pyfunc": lambda i: pyfunc.predict(pd.DataFrame({"text": [texts[i]]})),
@@ -239,19 +234,15 @@ def main() -> None:
         shutil.copytree(args.model, model_dir)
         convert(model_dir, args.backend)
         save_pyfunc(model_dir, workdir / "pyfunc")
-        stages = stage_latencies(model_dir, workdir / "pyfunc", texts)
-        scorer = InferenceCore.from_dir(model_dir).scorer
-        encoded = [scorer.tokenizer([t], truncation=True, max_length=scorer.max_length) for t in texts]
-        feeds = [
-            {name: np.asarray(e[name], dtype=np.int64) for name in scorer.input_names if name in e}
-            for e in encoded
-        ]
-        tokens = float(np.mean([len(e["input_ids"][0]) for e in encoded]))
+        core = InferenceCore.from_dir(model_dir)
+        scorer = core.scorer
+        feeds = [scorer.feed(tokenize(scorer, text)) for text in texts]
+        stages = stage_latencies(core, workdir / "pyfunc", texts, feeds)
+        tokens = float(np.mean([feed["input_ids"].shape[1] for feed in feeds]))
         eval_texts = pd.read_parquet(args.data)["text"].tolist()
         eval_tokens = scorer.tokenizer(eval_texts, truncation=True, max_length=scorer.max_length)["input_ids"]
         eval_mean_tokens = float(np.mean([len(ids) for ids in eval_tokens]))
-        forward = session(model_dir / ONNX_FILES[args.backend])
-        floor = gemm_floor(model_dir, forward, feeds, args.backend == "onnx-int8", workdir)
+        floor = gemm_floor(model_dir, scorer.session, feeds, args.backend == "onnx-int8", workdir)
         report = {
             "backend": args.backend,
             "texts": len(texts),

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from restar import tfidf
 from restar.config import BaselineConfig, FreezeConfig, load_freeze_config, load_run_config
-from restar.freeze import clean_rows, grouped_split, read_category
+from restar.freeze import clean_rows, grouped_split, read_sources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +88,7 @@ def main() -> None:
 
     freeze = load_freeze_config(args.data_config)
     baseline = load_run_config(args.config).baseline
-    raw = pd.concat([read_category(category, freeze.source) for category in freeze.source.categories])
-    cleaned, _ = clean_rows(raw.reset_index(drop=True), freeze.clean)
+    cleaned, _ = clean_rows(read_sources(freeze)[0], freeze.clean)
     seeds = sorted(set(args.seeds) | {freeze.split.seed})
     rows = [baseline_accuracy(cleaned, freeze, seed, baseline) for seed in tqdm(seeds, desc="split seeds")]
     accuracy = np.array([row["accuracy"] for row in rows])
