@@ -87,6 +87,7 @@ class TrainConfig(_Strict):
         default="sqrt",
         description="Loss weights per class: none, inverse sqrt frequency, or inverse frequency.",
     )
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     evals_per_epoch: int = Field(default=1, ge=1, le=20)
     calibration: Literal["temperature", "temperature+bias"] = Field(
         default="temperature",

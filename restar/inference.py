@@ -136,7 +136,8 @@ class TransformerScorer:
         with torch.inference_mode():
             batches = encoded_batches(self.tokenizer, texts, self.batch_size, self.max_length, "pt")
             for batch, encoded in batches:
-                out[batch] = self.model(**encoded).logits.float().numpy()
+                encoded = encoded.to(self.model.device)  # a model fine-tuned on a GPU may still sit there
+                out[batch] = self.model(**encoded).logits.float().cpu().numpy()
         return out
 
 

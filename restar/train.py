@@ -7,108 +7,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
-from datasets import Dataset
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    EvalPrediction,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import set_seed
 
-from restar.config import RunConfig, TrainConfig, flatten
+from restar.config import RunConfig, flatten
+from restar.finetune import build_trainer, class_weights, load_encoder
 from restar.inference import ModelMetadata, TransformerScorer
-from restar.labels import LABELS
 from restar.metrics import calibrate_on_dev
 from restar.onnx_backend import TORCH, convert
 from restar.pyfunc import log_run_model
 from restar.tracking import configure_tracking, experiment_id
 
 logger = logging.getLogger(__name__)
-
-
-def class_weights(labels: np.ndarray, scheme: str) -> torch.Tensor | None:
-    """Loss weights against the class imbalance (~72% positive, ~9% neutral), mean 1 over classes."""
-    if scheme == "none":
-        return None
-    counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64)
-    weights = 1.0 / np.maximum(counts, 1.0)
-    if scheme == "sqrt":
-        weights = np.sqrt(weights)
-    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
-
-
-def weighted_loss(weights: torch.Tensor | None):
-    def compute_loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs.logits
-        weight = None if weights is None else weights.to(logits.device)
-        return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
-
-    return compute_loss
-
-
-def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    predicted = prediction.predictions.argmax(axis=1)
-    labels = prediction.label_ids
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(
-            f1_score(labels, predicted, labels=range(len(LABELS)), average="macro", zero_division=0)
-        ),
-    }
-
-
-def to_dataset(frame: pd.DataFrame, tokenizer, max_length: int) -> Dataset:
-    dataset = Dataset.from_dict({"text": frame["text"].tolist(), "label": frame["label"].tolist()})
-    return dataset.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
-        batched=True,
-        remove_columns=["text"],
-    )
-
-
-def training_arguments(config: TrainConfig, output_dir: str, train_rows: int) -> TrainingArguments:
-    steps_per_epoch = max(math.ceil(train_rows / config.batch_size), 1)
-    eval_steps = max(steps_per_epoch // config.evals_per_epoch, 1)
-    return TrainingArguments(
-        output_dir=output_dir,
-        num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        # Batches of similar lengths: reviews are mostly short, so padding every batch to its
-        # longest review would more than double the CPU time per epoch.
-        train_sampling_strategy="group_by_length",
-        eval_strategy="steps",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=eval_steps,
-        save_total_limit=1,
-        save_only_model=True,
-        load_best_model_at_end=True,
-        metric_for_best_model=config.best_metric,
-        greater_is_better=True,
-        logging_steps=max(eval_steps // 4, 1),
-        seed=config.seed,
-        report_to="none",
-        disable_tqdm=False,
-    )
 
 
 def log_training_history(history: list[dict[str, float]]) -> None:
@@ -161,13 +77,7 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
         None if weights is None else weights.tolist(),
     )
 
-    tokenizer = AutoTokenizer.from_pretrained(pretrained_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        pretrained_dir,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={name: i for i, name in enumerate(LABELS)},
-    )
+    tokenizer, model = load_encoder(pretrained_dir)
     base_model = json.loads((pretrained_dir / "restar_pretrained.json").read_text())
 
     tracking_uri = configure_tracking()
@@ -192,16 +102,7 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
                 **{f"data.{split}_rows": rows for split, rows in data_stats["rows"].items()},
             }
         )
-        trainer = Trainer(
-            model=model,
-            args=training_arguments(settings, checkpoints, len(train_frame)),
-            train_dataset=to_dataset(train_frame, tokenizer, settings.max_length),
-            eval_dataset=to_dataset(dev_frame, tokenizer, settings.max_length),
-            processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_loss_func=weighted_loss(weights),
-            compute_metrics=compute_metrics,
-        )
+        trainer = build_trainer(settings, model, tokenizer, train_frame, dev_frame, checkpoints)
         trainer.train()
         log_training_history(trainer.state.log_history)
 
