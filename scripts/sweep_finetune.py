@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from promotion.policy import load_policy
 from restar.config import TrainConfig, load_run_config
 from restar.labels import LABELS
 
@@ -123,6 +124,12 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def release_accuracy(policy_path: Path) -> float | None:
+    """The accuracy gate's minimum in the base config's promotion policy, if it has one."""
+    gates = load_policy(policy_path).gates
+    return next((gate.params["min"] for gate in gates if gate.name == "accuracy"), None)
+
+
 def hardware() -> dict[str, object]:
     import torch
 
@@ -148,7 +155,7 @@ def write_results(out: Path, meta: dict, results: list[dict], labels: dict[str, 
     plot(public, out / "sweep.png", meta["gate_accuracy"])
 
 
-def plot(variants: list[dict], path: Path, gate: float) -> None:
+def plot(variants: list[dict], path: Path, gate: float | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +166,8 @@ def plot(variants: list[dict], path: Path, gate: float) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
     ax.scatter([v["dev_accuracy"] for v in variants], y, label="dev (best checkpoint)", marker="o")
     ax.scatter([v["eval_accuracy"] for v in variants], y, label="eval", marker="s")
-    ax.axvline(gate, color="red", linestyle="--", label=f"release gate {gate:.2f}")
+    if gate is not None:
+        ax.axvline(gate, color="red", linestyle="--", label=f"release gate {gate:.2f}")
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("accuracy (argmax, natural class mix)")
@@ -170,40 +178,10 @@ def plot(variants: list[dict], path: Path, gate: float) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sweep", type=Path, default=Path("configs/sweep_full.yaml"))
-    parser.add_argument("--pretrained", type=Path, default=Path("artifacts/pretrained/model"))
-    parser.add_argument("--data", type=Path, default=Path("data/raw"))
-    parser.add_argument("--out", type=Path, default=Path("results/sweep"))
-    parser.add_argument("--only", nargs="*", help="run just these variants")
-    parser.add_argument("--parallel", type=int, default=1, help="variants trained at once")
-    parser.add_argument("--start-before", type=float, default=None, help="start no variant after N minutes")
-    parser.add_argument(
-        "--set", nargs="*", default=[], help="train key=value for every variant (smoke tests)"
-    )
-    args = parser.parse_args()
-
-    base_path, variants = load_sweep(args.sweep)
-    base = load_run_config(base_path).train.model_dump()
-    base.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
-    if args.only:
-        variants = {name: variants[name] for name in args.only}
-    args.out.mkdir(parents=True, exist_ok=True)
-    labels = {
-        split: pd.read_parquet(args.data / f"{split}.parquet")["label"].to_numpy()
-        for split in ("dev", "eval")
-    }
-    meta = {
-        "base_config": str(base_path),
-        "hardware": hardware(),
-        "parallel": args.parallel,
-        "threads_per_variant": max(1, (os.cpu_count() or 1) // args.parallel),
-        "gate_accuracy": 0.90,
-        "order": list(variants),
-    }
-    print(json.dumps(meta["hardware"]), flush=True)
-
+def run_all(
+    variants: dict[str, dict], base: dict, args: argparse.Namespace, meta: dict, labels: dict
+) -> None:
+    """Train the variants `args.parallel` at a time; write the results after each one finishes."""
     started = time.perf_counter()
     results: list[dict] = []
     pending = list(variants.items())
@@ -211,23 +189,19 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.parallel, mp_context=context) as pool:
         running = {}
         while pending or running:
-            too_late = (
-                args.start_before is not None and time.perf_counter() - started > args.start_before * 60
-            )
-            while pending and len(running) < args.parallel and not too_late:
+            if args.start_before is not None and time.perf_counter() - started > args.start_before * 60:
+                pending.clear()
+            while pending and len(running) < args.parallel:
                 name, overrides = pending.pop(0)
-                settings = {**base, **overrides}
                 job = pool.submit(
                     run_variant,
                     name,
-                    settings,
+                    {**base, **overrides},
                     str(args.pretrained),
                     str(args.data),
                     meta["threads_per_variant"],
                 )
                 running[job] = name
-            if too_late:
-                pending.clear()
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -245,6 +219,47 @@ def main() -> None:
                     flush=True,
                 )
                 write_results(args.out, meta, results, labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", type=Path, default=Path("configs/sweep_full.yaml"))
+    parser.add_argument("--pretrained", type=Path, default=Path("artifacts/pretrained/model"))
+    parser.add_argument("--data", type=Path, default=Path("data/raw"))
+    parser.add_argument("--out", type=Path, default=Path("results/sweep"))
+    parser.add_argument("--only", nargs="*", help="run just these variants")
+    parser.add_argument("--parallel", type=int, default=1, help="variants trained at once")
+    parser.add_argument("--start-before", type=float, default=None, help="start no variant after N minutes")
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="train key=value for every variant (smoke tests)"
+    )
+    args = parser.parse_args()
+
+    base_path, variants = load_sweep(args.sweep)
+    base_config = load_run_config(base_path)
+    base = base_config.train.model_dump()
+    base.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
+    if args.only:
+        unknown = set(args.only) - set(variants)
+        if unknown:
+            raise SystemExit(f"{args.sweep}: no variants named {sorted(unknown)}")
+        variants = {name: variants[name] for name in args.only}
+    args.out.mkdir(parents=True, exist_ok=True)
+    labels = {
+        split: pd.read_parquet(args.data / f"{split}.parquet")["label"].to_numpy()
+        for split in ("dev", "eval")
+    }
+    meta = {
+        "base_config": str(base_path),
+        "hardware": hardware(),
+        "parallel": args.parallel,
+        "threads_per_variant": max(1, (os.cpu_count() or 1) // args.parallel),
+        "gate_accuracy": release_accuracy(base_config.promotion.policy),
+        "order": list(variants),
+    }
+    print(json.dumps(meta["hardware"]), flush=True)
+
+    run_all(variants, base, args, meta, labels)
 
 
 if __name__ == "__main__":

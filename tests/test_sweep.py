@@ -58,6 +58,7 @@ def test_sweep_trains_each_variant_and_writes_its_results(tiny_model_dir: Path, 
         assert variant["device"] == "cpu"
     assert summary["seed_ensembles"][0]["members"] == ["reference", "seed_1"]
     assert summary["hardware"]["cpu_count"] >= 1
+    assert summary["gate_accuracy"] == 0.90  # from the release policy full.yaml names
 
     with np.load(out / "logits.npz") as logits:
         labels = pd.read_parquet(data / "eval.parquet")["label"].to_numpy()
