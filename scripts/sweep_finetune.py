@@ -22,7 +22,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -33,8 +32,10 @@ import pandas as pd
 import yaml
 
 from promotion.policy import load_policy
+from restar.bench import hardware as bench_hardware
+from restar.calibration import softmax
 from restar.config import TrainConfig, load_run_config
-from restar.labels import LABELS
+from restar.metrics import classification_metrics
 
 
 def load_sweep(path: Path) -> tuple[Path, dict[str, dict]]:
@@ -48,16 +49,9 @@ def load_sweep(path: Path) -> tuple[Path, dict[str, dict]]:
     return Path(spec["base"]), {name: overrides or {} for name, overrides in variants.items()}
 
 
-def scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import f1_score
-
-    predicted = logits.argmax(axis=1)
-    per_class = f1_score(labels, predicted, labels=range(len(LABELS)), average=None, zero_division=0)
-    return {
-        "accuracy": round(float((predicted == labels).mean()), 6),
-        "macro_f1": round(float(per_class.mean()), 6),
-        **{f"f1_{name}": round(float(score), 6) for name, score in zip(LABELS, per_class, strict=True)},
-    }
+def scores(logits: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """The pipeline's metrics on uncalibrated probabilities (accuracy and F1 do not depend on calibration)."""
+    return classification_metrics(softmax(logits), labels, threshold)
 
 
 def run_variant(name: str, settings: dict, pretrained: str, data: str, threads: int) -> dict:
@@ -100,28 +94,26 @@ def run_variant(name: str, settings: dict, pretrained: str, data: str, threads: 
         **{
             f"{split}_{key}": value
             for split in ("dev", "eval")
-            for key, value in scores(logits[split], frames[split]["label"].to_numpy()).items()
+            for key, value in scores(
+                logits[split], frames[split]["label"].to_numpy(), config.abstain_threshold
+            ).items()
         },
         "logits": {split: logits[split].astype(np.float32) for split in logits},
     }
 
 
-def seed_ensembles(results: list[dict], labels: dict[str, np.ndarray]) -> list[dict]:
+def seed_ensembles(results: list[dict], labels: dict[str, np.ndarray], threshold: float) -> list[dict]:
     """Mean probabilities of the seed variants of the base recipe: the reference and every `seed_*`."""
     members = [r for r in results if r["name"] == "reference" or r["name"].startswith("seed_")]
     rows = []
     for size in range(2, len(members) + 1):
         row: dict[str, object] = {"members": [r["name"] for r in members[:size]]}
         for split in ("dev", "eval"):
-            probs = np.mean([_softmax(r["logits"][split]) for r in members[:size]], axis=0)
-            row.update({f"{split}_{key}": value for key, value in scores(probs, labels[split]).items()})
+            probs = np.mean([softmax(r["logits"][split]) for r in members[:size]], axis=0)
+            metrics = classification_metrics(probs, labels[split], threshold)
+            row.update({f"{split}_{key}": value for key, value in metrics.items()})
         rows.append(row)
     return rows
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def release_accuracy(policy_path: Path) -> float | None:
@@ -134,18 +126,17 @@ def hardware() -> dict[str, object]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "gpu": gpu,
-        "torch": torch.__version__,
-    }
+    return {**bench_hardware(), "gpu": gpu}
 
 
 def write_results(out: Path, meta: dict, results: list[dict], labels: dict[str, np.ndarray]) -> None:
     ordered = sorted(results, key=lambda r: meta["order"].index(r["name"]))
     public = [{key: value for key, value in r.items() if key != "logits"} for r in ordered]
-    summary = {**meta, "variants": public, "seed_ensembles": seed_ensembles(ordered, labels)}
+    summary = {
+        **meta,
+        "variants": public,
+        "seed_ensembles": seed_ensembles(ordered, labels, meta["abstain_threshold"]),
+    }
     (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     np.savez_compressed(
         out / "logits.npz",
@@ -255,6 +246,7 @@ def main() -> None:
         "parallel": args.parallel,
         "threads_per_variant": max(1, (os.cpu_count() or 1) // args.parallel),
         "gate_accuracy": release_accuracy(base_config.promotion.policy),
+        "abstain_threshold": base["abstain_threshold"],
         "order": list(variants),
     }
     print(json.dumps(meta["hardware"]), flush=True)
