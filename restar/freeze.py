@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections import Counter
@@ -18,6 +16,7 @@ import pandas as pd
 
 from restar.config import CleanConfig, FreezeConfig, SourceConfig, SplitConfig
 from restar.labels import LABELS, rating_to_label
+from restar.text import prepare_texts
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +24,6 @@ DATA_DIR_ENV = "RESTAR_DATA_DIR"
 SPLITS = ("train", "dev", "eval")
 UPSTREAM_COLUMNS = ["rating", "title", "text", "asin", "parent_asin", "user_id", "timestamp"]
 FROZEN_COLUMNS = ["text", "label", "rating", "category", "parent_asin", "asin", "user_id", "timestamp"]
-
-_VIDEO_MARKER = re.compile(r"\[\[VIDEOID:[^\]]*\]\]")
-_HTML_TAG = re.compile(r"<[^>]+>")
-_WHITESPACE = re.compile(r"\s+")
-# Amazon fills in "Five Stars" etc. when a reviewer leaves the title empty: it restates the label.
-_RATING_TITLE = re.compile(r"^(one|two|three|four|five) stars?$", re.IGNORECASE)
 
 
 class DataSourceError(RuntimeError):
@@ -92,23 +85,6 @@ def _read_hub(category: str, source: SourceConfig) -> pd.DataFrame:
 # --- cleaning ---
 
 
-def clean_markup(raw: object) -> str:
-    """Strip HTML tags and video markers, unescape entities, collapse whitespace."""
-    if not isinstance(raw, str):
-        return ""
-    text = _VIDEO_MARKER.sub(" ", raw)
-    text = html.unescape(_HTML_TAG.sub(" ", text))
-    return _WHITESPACE.sub(" ", text).strip()
-
-
-def compose_text(title: str, body: str) -> str:
-    """Title and body as one text; the title reads as a first sentence."""
-    if not title:
-        return body
-    separator = " " if title[-1] in ".!?" else ". "
-    return f"{title}{separator}{body}"
-
-
 def clean_rows(frame: pd.DataFrame, clean: CleanConfig) -> tuple[pd.DataFrame, Counter[str]]:
     """Cleaned, labelled, deduplicated rows and the count of rows dropped per reason."""
     dropped: Counter[str] = Counter()
@@ -120,15 +96,15 @@ def clean_rows(frame: pd.DataFrame, clean: CleanConfig) -> tuple[pd.DataFrame, C
     frame = frame[~bad_rating & ~missing_product].copy()
     rating = rating[frame.index]
 
-    body = frame["text"].map(clean_markup)
-    title = frame["title"].map(clean_markup)
-    if clean.drop_rating_titles:
-        title = title.where(~title.str.fullmatch(_RATING_TITLE), "")
-    empty = body.str.len() == 0
+    # The same preparation serves the model (restar.inference): "" exactly when the body is empty.
+    text = pd.Series(
+        prepare_texts(frame["text"], frame["title"], clean.drop_rating_titles), index=frame.index
+    )
+    empty = text.str.len() == 0
     dropped["empty_text"] = int(empty.sum())
 
     frame = frame.assign(
-        text=[compose_text(t, b) for t, b in zip(title, body, strict=True)],
+        text=text,
         label=rating.map(rating_to_label).astype("int64"),
         rating=rating.astype("float64"),
         parent_asin=frame["parent_asin"].astype(str),

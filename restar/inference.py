@@ -1,7 +1,7 @@
 """The one inference core: texts -> label, confidence, p_neg, p_neu, p_pos.
 
 The MLflow pyfunc, the offline predictor, the latency benchmark and the TorchServe handler all call
-`InferenceCore.predict`; nothing else tokenizes, scales by temperature or abstains.
+`InferenceCore.predict`; nothing else prepares text, tokenizes, scales by temperature or abstains.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from restar.calibration import softmax
 from restar.labels import ABSTAIN, DEFAULT_ABSTAIN_THRESHOLD, LABELS, PROBABILITY_COLUMNS
+from restar.text import TEXT_COLUMN, TITLE_COLUMN, prepare_texts
 
 METADATA_FILE = "restar.json"
 MODEL_KIND_GROUP = "restar.model_kinds"
@@ -178,11 +179,19 @@ class InferenceCore:
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         return self.calibrate(self.logits(texts))
 
-    def predict(self, texts: Sequence[object]) -> pd.DataFrame:
-        """One output row per text, in order; blank or missing texts abstain with NaN probabilities."""
-        blank = np.array([is_blank(text) for text in texts], dtype=bool)
-        probs = np.full((len(texts), len(self.metadata.labels)), np.nan)
+    def predict(self, texts: Sequence[object], titles: Sequence[object] | None = None) -> pd.DataFrame:
+        """One output row per review text, in order, prepared as the training data was (restar.text):
+        markup cleaned and, for upstream rows, each title composed in front of its body. Texts that are
+        blank or missing once cleaned abstain with NaN probabilities."""
+        prepared = prepare_texts(texts, titles)
+        blank = np.array([is_blank(text) for text in prepared], dtype=bool)
+        probs = np.full((len(prepared), len(self.metadata.labels)), np.nan)
         present = np.flatnonzero(~blank)
         if len(present):
-            probs[present] = self.probabilities([str(texts[i]) for i in present])
+            probs[present] = self.probabilities([prepared[i] for i in present])
         return decide(probs, self.metadata.abstain_threshold, self.metadata.labels)
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`predict` for rows with a `text` column and, when they are upstream rows, a `title` column."""
+        titles = frame[TITLE_COLUMN].tolist() if TITLE_COLUMN in frame.columns else None
+        return self.predict(frame[TEXT_COLUMN].tolist(), titles)

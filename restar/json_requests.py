@@ -1,10 +1,17 @@
-"""The JSON request format every Re*Star HTTP endpoint accepts: {"text": "..."} or {"texts": [...]}."""
+"""The JSON request format every Re*Star HTTP endpoint accepts: {"text": "..."} or {"texts": [...]}.
+
+A review may carry its upstream `title` beside `text`: `{"text": "...", "title": "..."}` (an upstream row
+as it is, other fields ignored), and each item of `texts` may be such an object instead of a string.
+The model prepares text and title as the training data was prepared (restar.text).
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
 MAX_TEXTS = 64  # per request
 MAX_CHARS = 20_000  # per text; longer reviews are truncated to max_length tokens anyway
@@ -13,13 +20,22 @@ MAX_CHARS = 20_000  # per text; longer reviews are truncated to max_length token
 @dataclass
 class ParsedRequest:
     texts: list[str] = field(default_factory=list)
+    titles: list[str | None] = field(default_factory=list)  # one per text; None where none was sent
     many: bool = False  # answered as a list ({"texts": [...]}) rather than one object
     status: int = 200
     error: str = ""
 
 
+class RequestError(ValueError):
+    """A request problem with the HTTP status it is answered with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 def parse_body(body: Any) -> ParsedRequest:
-    """One request body (raw bytes or decoded JSON) -> texts, or a 4xx status naming the problem."""
+    """One request body (raw bytes or decoded JSON) -> texts and titles, or a 4xx status naming the error."""
     if isinstance(body, bytes | bytearray):
         try:
             body = json.loads(body.decode("utf-8"))
@@ -30,23 +46,47 @@ def parse_body(body: Any) -> ParsedRequest:
             status=400, error='body must be a JSON object: {"text": "..."} or {"texts": [...]}'
         )
     if "texts" in body:
-        texts, many = body["texts"], True
-        if not isinstance(texts, list) or not texts:
-            return ParsedRequest(status=400, error="'texts' must be a non-empty list of strings")
-    elif "text" in body:
-        texts, many = [body["text"]], False
+        items, many = body["texts"], True
+        if not isinstance(items, list) or not items:
+            return ParsedRequest(
+                status=400, error="'texts' must be a non-empty list of strings or review objects"
+            )
+    elif TEXT_COLUMN in body:
+        items, many = [body], False
     else:
         return ParsedRequest(status=400, error="missing 'text' (or 'texts') field")
-    if len(texts) > MAX_TEXTS:
-        return ParsedRequest(status=413, error=f"too many texts: {len(texts)} > {MAX_TEXTS} per request")
-    for index, text in enumerate(texts):
-        where = "text" if not many else f"texts[{index}]"
-        if not isinstance(text, str):
-            return ParsedRequest(status=400, error=f"{where} must be a string, got {type(text).__name__}")
-        if not text.strip():
-            return ParsedRequest(status=400, error=f"{where} is empty")
-        if len(text) > MAX_CHARS:
-            return ParsedRequest(
-                status=413, error=f"{where} is too long: {len(text)} > {MAX_CHARS} characters"
-            )
-    return ParsedRequest(texts=texts, many=many)
+    if len(items) > MAX_TEXTS:
+        return ParsedRequest(status=413, error=f"too many texts: {len(items)} > {MAX_TEXTS} per request")
+    try:
+        reviews = [review(item, f"texts[{index}]" if many else "") for index, item in enumerate(items)]
+    except RequestError as exc:
+        return ParsedRequest(status=exc.status, error=str(exc))
+    return ParsedRequest(
+        texts=[text for text, _ in reviews], titles=[title for _, title in reviews], many=many
+    )
+
+
+def review(item: Any, where: str) -> tuple[str, str | None]:
+    """(text, title) of one review: a string, or an object with `text` and an optional `title`.
+    `where` names the item in error messages: "" for the body itself, "texts[i]" for a list item."""
+    if not isinstance(item, dict):
+        checked_string(item, where)
+        return item, None
+    prefix = f"{where}." if where else ""
+    if TEXT_COLUMN not in item:
+        raise RequestError(400, f"missing 'text' field in {where}")
+    text, title = item[TEXT_COLUMN], item.get(TITLE_COLUMN)
+    checked_string(text, f"{prefix}text")
+    if title is not None:
+        checked_string(title, f"{prefix}title", allow_blank=True)
+    return text, title
+
+
+def checked_string(value: Any, where: str, allow_blank: bool = False) -> None:
+    """Raise a RequestError unless `value` is a string of acceptable length (and not blank, by default)."""
+    if not isinstance(value, str):
+        raise RequestError(400, f"{where} must be a string, got {type(value).__name__}")
+    if not allow_blank and not value.strip():
+        raise RequestError(400, f"{where} is empty")
+    if len(value) > MAX_CHARS:
+        raise RequestError(413, f"{where} is too long: {len(value)} > {MAX_CHARS} characters")

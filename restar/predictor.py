@@ -1,4 +1,8 @@
-"""Offline batch prediction: a CSV/Parquet/JSON Lines file with a `text` column in, predictions out."""
+"""Offline batch prediction: a CSV/Parquet/JSON Lines file with a `text` column in, predictions out.
+
+Upstream rows may carry their `title` too: both go to the model, which prepares them as the training
+data was prepared (restar.text).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import itertools
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -16,11 +21,17 @@ from tqdm import tqdm
 
 from restar.inference import METADATA_FILE, InferenceCore, is_blank
 from restar.labels import OUTPUT_COLUMNS
+from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
 logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-PredictFn = Callable[[Sequence[str]], pd.DataFrame]
+
+
+class PredictFn(Protocol):
+    """Review texts (and, for upstream rows, their titles) -> one prediction row each, in order."""
+
+    def __call__(self, texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame: ...
 
 
 class PredictorError(ValueError):
@@ -50,7 +61,7 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     rows = 0
     try:
         for chunk in _raw_chunks(path, kind, chunk_rows):
-            if rows == 0 and "text" not in chunk.columns:
+            if rows == 0 and TEXT_COLUMN not in chunk.columns:
                 found = ", ".join(map(str, chunk.columns))
                 raise PredictorError(f"{path}: missing 'text' column (found: {found})")
             rows += len(chunk)
@@ -67,7 +78,11 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
 def _raw_chunks(path: Path, kind: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if kind == "csv":
         yield from pd.read_csv(
-            path, dtype={"text": object}, keep_default_na=False, na_values=[""], chunksize=chunk_rows
+            path,
+            dtype={TEXT_COLUMN: object, TITLE_COLUMN: object},
+            keep_default_na=False,
+            na_values=[""],
+            chunksize=chunk_rows,
         )
     elif kind == "parquet":
         parquet = pq.ParquetFile(path)
@@ -96,13 +111,29 @@ def load_predict_fn(model_uri: str) -> PredictFn:
         raise PredictorError(f"cannot load model {model_uri}: {exc.message}") from exc
     except OSError as exc:  # includes connection errors to an unreachable tracking server
         raise PredictorError(f"cannot load model {model_uri}: {exc}") from exc
-    return lambda texts: model.predict(pd.DataFrame({"text": list(texts)}))
+
+    def predict(texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame:
+        columns = {TEXT_COLUMN: list(texts)}
+        if titles is not None:
+            columns[TITLE_COLUMN] = list(titles)
+        return model.predict(pd.DataFrame(columns))
+
+    return predict
+
+
+def as_strings(values: pd.Series) -> list[str]:
+    """A column as the strings the model's input schema takes: "" for missing values."""
+    return ["" if is_blank(value) else str(value) for value in values]
 
 
 def predict_frame(frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 256) -> pd.DataFrame:
     """The input columns followed by the prediction columns, one row per input row, in order."""
-    texts = ["" if is_blank(text) else str(text) for text in frame["text"]]
-    chunks = [predict_fn(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
+    texts = as_strings(frame[TEXT_COLUMN])
+    titles = as_strings(frame[TITLE_COLUMN]) if TITLE_COLUMN in frame.columns else None
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = slice(start, start + batch_size)
+        chunks.append(predict_fn(texts[batch], None if titles is None else titles[batch]))
     predictions = pd.concat(chunks, ignore_index=True)
     if len(predictions) != len(frame):
         raise PredictorError(f"model returned {len(predictions)} rows for {len(frame)} inputs")

@@ -14,25 +14,30 @@ from mlflow.types import ColSpec, Schema
 
 from restar.inference import InferenceCore
 from restar.labels import OUTPUT_COLUMNS
+from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
 ENTRY_SCRIPT = Path(__file__).with_name("pyfunc_entry.py")
-INPUT_EXAMPLE = pd.DataFrame(
-    {"text": ["Arrived broken and support never answered.", "Does the job, nothing special."]}
+INPUT_EXAMPLE = pd.DataFrame(  # upstream rows: the title is optional, markup is cleaned as in training
+    {
+        TEXT_COLUMN: ["Arrived broken<br />and support never answered.", "Does the job, nothing special."],
+        TITLE_COLUMN: ["Do not buy", ""],
+    }
 )
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "text")]),
+    inputs=Schema([ColSpec("string", TEXT_COLUMN), ColSpec("string", TITLE_COLUMN, required=False)]),
     outputs=Schema([ColSpec("string", "label")] + [ColSpec("double", name) for name in OUTPUT_COLUMNS[1:]]),
 )
 
 
 class RestarPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the model directory artifact once; `predict` takes a DataFrame with a `text` column."""
+    """Loads the model directory artifact once; `predict` takes a DataFrame with a `text` column and,
+    for upstream rows, an optional `title` column."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.core = InferenceCore.from_dir(context.artifacts["model_dir"])
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params=None):
-        return self.core.predict(model_input["text"].tolist())
+        return self.core.predict_frame(model_input)
 
 
 def requirements() -> list[str]:

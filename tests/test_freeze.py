@@ -7,9 +7,7 @@ from restar.config import CleanConfig, FreezeConfig, SourceConfig, SplitConfig
 from restar.freeze import (
     DATA_DIR_ENV,
     DataSourceError,
-    clean_markup,
     clean_rows,
-    compose_text,
     find_category_file,
     freeze,
     grouped_split,
@@ -137,12 +135,23 @@ def test_clean_rows_counts_each_reason() -> None:
     assert cleaned["label"].tolist() == [2, 0]
 
 
-def test_markup_helpers() -> None:
-    assert clean_markup("a<br /><br />b [[VIDEOID:abc123]] c&#39;s") == "a b c's"
-    assert clean_markup(None) == ""
-    assert compose_text("Great!", "Works.") == "Great! Works."
-    assert compose_text("Great", "Works.") == "Great. Works."
-    assert compose_text("", "Works.") == "Works."
+def test_rating_titles_are_kept_when_the_config_says_so() -> None:
+    raw = pd.DataFrame(
+        {
+            "category": "X",
+            "rating": [5.0, 4.0],
+            "title": ["Five Stars", "Four Stars"],
+            "text": ["Great<br />stuff", "Good [[VIDEOID:ab12]] stuff"],
+            "parent_asin": ["a", "b"],
+            "asin": "z",
+            "user_id": "u",
+            "timestamp": 0,
+        }
+    )
+    kept, _ = clean_rows(raw, CleanConfig(drop_rating_titles=False))
+    dropped, _ = clean_rows(raw, CleanConfig())
+    assert kept["text"].tolist() == ["Five Stars. Great stuff", "Four Stars. Good stuff"]
+    assert dropped["text"].tolist() == ["Great stuff", "Good stuff"]
 
 
 def test_category_file_resolution(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from restar.calibration import expected_calibration_error, fit_calibration, fit_temperature, softmax
@@ -132,3 +133,16 @@ def test_metrics_names_and_values() -> None:
     assert metrics["accuracy"] == 0.75
     assert metrics["coverage"] == 0.75
     assert metrics["selective_accuracy"] == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_core_prepares_texts_as_freeze_did(tiny_model_dir: Path) -> None:
+    core = InferenceCore.from_dir(tiny_model_dir)
+    texts = ["Broke.<br /><br />Avoid &amp; return", "Love it", "<br />", None]
+    titles = ["Bad box", "Five Stars", "Great", "Great"]
+    out = core.predict(texts, titles)
+    expected = core.probabilities(["Bad box. Broke. Avoid & return", "Love it"])
+    assert out.loc[:1, ["p_neg", "p_neu", "p_pos"]].to_numpy(float) == pytest.approx(expected, abs=1e-6)
+    assert out.loc[2:, "label"].tolist() == [ABSTAIN, ABSTAIN]  # a title without a body is no review
+    frame = pd.DataFrame({"title": titles, "text": texts})
+    pd.testing.assert_frame_equal(core.predict_frame(frame), out)
+    pd.testing.assert_frame_equal(core.predict_frame(frame[["text"]]), core.predict(texts))

@@ -163,3 +163,61 @@ def test_bad_line_deep_in_the_file_leaves_no_output(tiny_model_dir: Path, tmp_pa
             tmp_path / "in.jsonl", tmp_path / "out.parquet", str(tiny_model_dir), progress=False, chunk_rows=4
         )
     assert not list(tmp_path.glob("*out*"))
+
+
+def upstream_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": range(5),
+            "title": ["Not worth it", "Five Stars", None, "Great!", "Terrible"],
+            "text": [
+                "Broke in a day.<br /><br />Support &amp; refund: none.",
+                "Love it<br />",
+                "[[VIDEOID:abc123]] Does the job",
+                "Works &quot;fine&quot;",
+                "<br />",
+            ],
+        }
+    )
+
+
+PREPARED = [
+    "Not worth it. Broke in a day. Support & refund: none.",
+    "Love it",
+    "Does the job",
+    'Great! Works "fine"',
+]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_upstream_rows_are_prepared_as_in_training(tiny_model_dir: Path, tmp_path: Path, suffix: str) -> None:
+    frame = upstream_frame()
+    predict_file(
+        write_input(frame, tmp_path / f"in{suffix}"),
+        tmp_path / "out.parquet",
+        str(tiny_model_dir),
+        progress=False,
+    )
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert out["id"].tolist() == list(range(5))
+    assert out["text"].tolist() == frame["text"].tolist()  # the input columns pass through as they were
+    expected = InferenceCore.from_dir(tiny_model_dir).probabilities(PREPARED)
+    np.testing.assert_allclose(out.loc[:3, ["p_neg", "p_neu", "p_pos"]].to_numpy(float), expected, atol=1e-5)
+    assert out.loc[4, "label"] == ABSTAIN  # markup and a title, but no words in the body
+
+
+def test_upstream_rows_through_an_mlflow_model_uri(
+    tiny_model_dir: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    with mlflow.start_run() as run:
+        log_pyfunc(tiny_model_dir)
+    input_path = write_input(upstream_frame(), tmp_path / "in.csv")
+    predict_file(input_path, tmp_path / "uri.csv", f"runs:/{run.info.run_id}/model", progress=False)
+    predict_file(input_path, tmp_path / "dir.csv", str(tiny_model_dir), progress=False)
+    served, local = pd.read_csv(tmp_path / "uri.csv"), pd.read_csv(tmp_path / "dir.csv")
+    assert served["label"].tolist() == local["label"].tolist()
+    np.testing.assert_allclose(
+        served[["p_neg", "p_neu", "p_pos"]].to_numpy(float),
+        local[["p_neg", "p_neu", "p_pos"]].to_numpy(float),
+        atol=1e-5,
+    )

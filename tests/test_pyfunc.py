@@ -6,10 +6,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
-from restar.inference import InferenceCore
-from restar.labels import OUTPUT_COLUMNS
+from restar.config import CleanConfig
+from restar.freeze import clean_rows
+from restar.inference import InferenceCore, decide
+from restar.labels import ABSTAIN, OUTPUT_COLUMNS
 from restar.pyfunc import log_pyfunc
+from tests.upstream_rows import markup_rows
 
 TEXTS = [
     "Absolutely love this subscription box, great value!",
@@ -18,6 +22,8 @@ TEXTS = [
     "",
     "🔥🔥🔥",
 ]
+
+PROBS = ["p_neg", "p_neu", "p_pos"]
 
 LOAD_AND_PREDICT = """
 import json, sys
@@ -31,7 +37,8 @@ print(out.to_json(orient="records"))
 def test_pyfunc_in_a_fresh_process_matches_the_core(tiny_model_dir: Path, tracking_uri: str) -> None:
     with mlflow.start_run() as run:
         info = log_pyfunc(tiny_model_dir)
-    assert info.signature.inputs.input_names() == ["text"]
+    assert info.signature.inputs.input_names() == ["text", "title"]
+    assert info.signature.inputs.required_input_names() == ["text"]
     assert info.saved_input_example_info is not None
 
     result = subprocess.run(
@@ -60,3 +67,58 @@ def test_logged_model_carries_calibration_and_no_pickle(tiny_model_dir: Path, tr
     metadata = json.loads(next(local.rglob("restar.json")).read_text())
     assert metadata["abstain_threshold"] == 0.65
     assert metadata["temperature"] == 1.3
+
+
+@pytest.fixture(scope="module")
+def logged_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model logged as a pyfunc into a store of its own, loaded back through MLflow."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('pyfunc_store') / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run():
+            info = log_pyfunc(tiny_model_dir)
+        return mlflow.pyfunc.load_model(info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_pyfunc_on_raw_upstream_rows_predicts_what_evaluate_scores_on_frozen_rows(
+    tiny_model_dir: Path, reviews_dir: Path, logged_model
+) -> None:
+    raw = markup_rows(reviews_dir)  # upstream rows as they come: raw HTML, entities, rating titles, empty
+    frozen, _ = clean_rows(raw, CleanConfig())  # the freeze code path; keeps the raw rows' index
+
+    # As restar.evaluate scores the frozen eval split: logits of the frozen texts, calibrated, abstention.
+    core = InferenceCore.from_dir(tiny_model_dir, batch_size=64)
+    calibrated = core.calibrate(core.logits(frozen["text"].tolist()))
+    expected = decide(calibrated, core.metadata.abstain_threshold, core.metadata.labels)
+
+    served = logged_model.predict(raw)  # every upstream column, as read; the pyfunc takes text and title
+    assert len(served) == len(raw)
+    answered = served.loc[frozen.index].reset_index(drop=True)
+    assert answered["label"].tolist() == expected["label"].tolist()
+    np.testing.assert_allclose(answered[PROBS].to_numpy(float), expected[PROBS].to_numpy(float), atol=1e-6)
+
+    empty = raw.index[raw["text"].fillna("").str.strip() == ""]
+    assert len(empty) and (served.loc[empty, "label"] == ABSTAIN).all()
+    # The comparison has teeth: without preparation the same rows score differently.
+    changed = (raw.loc[frozen.index, "text"] != frozen["text"]).to_numpy()
+    unprepared = core.probabilities(raw.loc[frozen.index, "text"].tolist())
+    differs = np.abs(unprepared - calibrated).max(axis=1) > 1e-4
+    assert differs.sum() >= 10 and not differs[~changed].any()
+
+
+def test_pyfunc_takes_text_alone_or_with_a_title(tiny_model_dir: Path, logged_model) -> None:
+    texts = ["Broke in a day.<br />Avoid", "Love it &amp; more"]
+    core = InferenceCore.from_dir(tiny_model_dir)
+    alone = logged_model.predict(pd.DataFrame({"text": texts}))
+    titled = logged_model.predict(pd.DataFrame({"text": texts, "title": ["Five Stars", None]}))
+    composed = logged_model.predict(pd.DataFrame({"text": texts, "title": ["Bad", "Good!"]}))
+    expected = core.probabilities(["Broke in a day. Avoid", "Love it & more"])
+    np.testing.assert_allclose(alone[PROBS].to_numpy(float), expected, atol=1e-6)
+    np.testing.assert_allclose(titled[PROBS].to_numpy(float), expected, atol=1e-6)  # rating title dropped
+    np.testing.assert_allclose(
+        composed[PROBS].to_numpy(float),
+        core.probabilities(["Bad. Broke in a day. Avoid", "Good! Love it & more"]),
+        atol=1e-6,
+    )

@@ -100,6 +100,24 @@ def test_concurrent_requests_are_batched_and_all_answered(served, pyfunc_predict
         assert response.json()["p_pos"] == pytest.approx(expected["p_pos"], abs=1e-5)
 
 
+def test_upstream_rows_are_prepared_as_in_training(served) -> None:
+    upstream = [
+        {
+            "rating": 1.0,
+            "title": "Not worth it",
+            "text": "Broke in a day.<br /><br />Support &amp; refund: none.",
+        },
+        {"rating": 5.0, "title": "Five Stars", "text": "Love it<br />"},
+    ]
+    prepared = served.predict({"texts": ["Not worth it. Broke in a day. Support & refund: none.", "Love it"]})
+    rows = served.predict({"texts": upstream})
+    single = served.predict(upstream[0])  # an upstream row as it is
+    assert [r.status_code for r in (prepared, rows, single)] == [200] * 3
+    expected = pd.DataFrame(prepared.json())[PROBS].to_numpy(float)
+    np.testing.assert_allclose(pd.DataFrame(rows.json())[PROBS].to_numpy(float), expected, atol=1e-5)
+    np.testing.assert_allclose([single.json()[p] for p in PROBS], expected[0], atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("body", "raw", "status", "message"),
     [

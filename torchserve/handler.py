@@ -1,7 +1,8 @@
 """TorchServe handler for Re*Star: JSON reviews in, labels with calibrated probabilities out.
 
 Accepts `{"text": "..."}` (answers one object) or `{"texts": [...]}` (answers a list), and
-TorchServe's dynamic batches of such requests. All model logic is the inference core
+TorchServe's dynamic batches of such requests; a review may carry its upstream `title` beside `text`
+(see `restar.json_requests`). All model logic, text preparation included, is the inference core
 (`restar.inference`); this file only speaks TorchServe. A bad request gets a 4xx JSON error naming
 the problem and the rest of its batch is answered normally.
 """
@@ -43,7 +44,8 @@ class RestarHandler(BaseHandler):
         self, requests: list[ParsedRequest], *args, **kwargs
     ) -> list[tuple[ParsedRequest, list[dict]]]:
         texts = [text for request in requests for text in request.texts]
-        rows = self.core.predict(texts).to_dict(orient="records") if texts else []
+        titles = [title for request in requests for title in request.titles]
+        rows = self.core.predict(texts, titles).to_dict(orient="records") if texts else []
         answered, start = [], 0
         for request in requests:
             chunk = rows[start : start + len(request.texts)]
