@@ -195,12 +195,21 @@ def prepare_command(config_path: Path, frozen_dir: Path, out_dir: Path, as_json:
     show_default=True,
     help="Run folder: model/, metrics_dev.json, train.log, mlflow_run.json.",
 )
+@click.option(
+    "--work-dir",
+    type=OUT_DIR,
+    default="outputs/cache",
+    show_default=True,
+    help="Checkpoints of an unfinished run (a rerun resumes from them) and cached layer outputs.",
+)
 @json_option
 @user_errors
 def train_command(
-    config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path, as_json: bool
+    config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path, work_dir: Path, as_json: bool
 ) -> None:
     """Fine-tune, calibrate on dev, save the model and log the run to MLflow.
+
+    A killed run resumes from its last checkpoint when the same command runs again.
 
     Example: restar train --config configs/smoke.yaml
     """
@@ -212,7 +221,7 @@ def train_command(
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_file)
     try:
-        result = train(config, config_path, pretrained_dir, data_dir, out_dir)
+        result = train(config, config_path, pretrained_dir, data_dir, out_dir, work_dir)
     finally:
         logging.getLogger().removeHandler(log_file)
         log_file.close()

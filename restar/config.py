@@ -88,6 +88,12 @@ class TrainConfig(_Strict):
         description="Loss weights per class: none, inverse sqrt frequency, or inverse frequency.",
     )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    frozen_layers: int = Field(
+        default=0,
+        ge=0,
+        description="Lower encoder layers kept frozen: their outputs are computed once and cached, "
+        "and only the layers above them and the head train.",
+    )
     evals_per_epoch: int = Field(default=1, ge=1, le=20)
     calibration: Literal["temperature", "temperature+bias"] = Field(
         default="temperature",

@@ -6,7 +6,11 @@ side by side. It imports no MLflow, so it runs wherever torch and transformers d
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +24,14 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from restar.config import TrainConfig
+from restar.inference import TransformerScorer
 from restar.labels import LABELS
+from restar.layer_cache import cache_key, cache_lower_layers, collate_states, top_layers_only, top_logits
+
+logger = logging.getLogger(__name__)
 
 
 def load_encoder(pretrained_dir: Path):
@@ -102,8 +111,8 @@ def training_arguments(config: TrainConfig, output_dir: str, train_rows: int) ->
         eval_steps=eval_steps,
         save_strategy="steps",
         save_steps=eval_steps,
-        save_total_limit=1,
-        save_only_model=True,
+        save_total_limit=1,  # the best checkpoint is kept besides the last
+        remove_unused_columns=False,
         load_best_model_at_end=True,
         metric_for_best_model=config.best_metric,
         greater_is_better=True,
@@ -118,19 +127,118 @@ def build_trainer(
     settings: TrainConfig,
     model,
     tokenizer,
-    train_frame: pd.DataFrame,
-    dev_frame: pd.DataFrame,
-    checkpoint_dir: str,
+    train_rows: list[dict],
+    dev_rows: list[dict],
+    checkpoint_dir: Path,
+    collator=None,
 ) -> Trainer:
     """A Trainer that evaluates on dev `evals_per_epoch` times and keeps the best checkpoint."""
-    weights = class_weights(train_frame["label"].to_numpy(), settings.class_weights)
+    labels = np.array([row["label"] for row in train_rows])
     return Trainer(
         model=model,
-        args=training_arguments(settings, checkpoint_dir, len(train_frame)),
-        train_dataset=to_dataset(train_frame, tokenizer, settings.max_length),
-        eval_dataset=to_dataset(dev_frame, tokenizer, settings.max_length),
+        args=training_arguments(settings, str(checkpoint_dir), len(train_rows)),
+        train_dataset=train_rows,
+        eval_dataset=dev_rows,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_loss_func=weighted_loss(weights, settings.label_smoothing),
+        data_collator=collator or DataCollatorWithPadding(tokenizer),
+        compute_loss_func=weighted_loss(
+            class_weights(labels, settings.class_weights), settings.label_smoothing
+        ),
         compute_metrics=compute_metrics,
+    )
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module  # the whole model, best dev checkpoint, on the CPU in eval mode
+    dev_logits: np.ndarray
+    log_history: list[dict]
+    global_step: int
+    device: str
+
+
+def checkpoint_dir(
+    settings: TrainConfig, pretrained_dir: Path, frames: list[pd.DataFrame], work_dir: Path
+) -> Path:
+    """Where this exact run (recipe, encoder, rows) keeps its checkpoints, so only it resumes from them."""
+    texts = [text for frame in frames for text in frame["text"]]
+    digest = hashlib.sha256(settings.model_dump_json().encode())
+    digest.update(cache_key(pretrained_dir, 0, settings.max_length, texts).encode())
+    for frame in frames:
+        digest.update(frame["label"].to_numpy().astype(np.int64).tobytes())
+    return work_dir / "checkpoints" / digest.hexdigest()[:16]
+
+
+def fit(
+    settings: TrainConfig,
+    model,
+    tokenizer,
+    pretrained_dir: Path,
+    train_frame: pd.DataFrame,
+    dev_frame: pd.DataFrame,
+    work_dir: Path,
+    states: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+) -> FitResult:
+    """Train, resuming from this run's last checkpoint under `work_dir` if a killed run left one.
+
+    With `train.frozen_layers` set, the lower layers' outputs are cached under `work_dir` once (or come
+    in as `states`, train and dev) and only the top layers and head train. Checkpoints are removed once
+    training has finished; the cache stays.
+    """
+    checkpoints = checkpoint_dir(settings, pretrained_dir, [train_frame, dev_frame], work_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        logger.info("resuming from %s", last)
+    train_rows = to_dataset(train_frame, tokenizer, settings.max_length)
+    dev_rows = to_dataset(dev_frame, tokenizer, settings.max_length)
+    if settings.frozen_layers:
+        if states is None:
+            states = tuple(
+                cache_lower_layers(
+                    model,
+                    tokenizer,
+                    pretrained_dir,
+                    frame["text"].tolist(),
+                    settings.frozen_layers,
+                    settings.max_length,
+                    work_dir / "layers",
+                    f"{name} states",
+                )
+                for name, frame in (("train", train_frame), ("dev", dev_frame))
+            )
+        result = _fit_top_layers(
+            settings, model, tokenizer, (train_rows, dev_rows), states, checkpoints, last
+        )
+    else:
+        trainer = build_trainer(settings, model, tokenizer, train_rows, dev_rows, checkpoints)
+        trainer.train(resume_from_checkpoint=last)
+        model = trainer.model.to("cpu").eval()
+        scorer = TransformerScorer(model, tokenizer, settings.max_length, settings.eval_batch_size)
+        result = FitResult(
+            model,
+            scorer.logits(dev_frame["text"].tolist()),
+            trainer.state.log_history,
+            trainer.state.global_step,
+            str(trainer.args.device),
+        )
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return result
+
+
+def _fit_top_layers(settings, model, tokenizer, rows, states, checkpoints, last) -> FitResult:
+    """Train the top layers on cached lower-layer states; dev logits come from the same cache."""
+    for split_rows, split_states in zip(rows, states, strict=True):
+        for row, state in zip(split_rows, split_states, strict=True):
+            row["states"] = state  # the token ids stay: the Trainer groups batches by their length
+    with top_layers_only(model, settings.frozen_layers):
+        trainer = build_trainer(settings, model, tokenizer, rows[0], rows[1], checkpoints, collate_states)
+        trainer.train(resume_from_checkpoint=last)
+        model = trainer.model.to("cpu")
+        dev_logits = top_logits(model, states[1], settings.eval_batch_size).numpy()
+    return FitResult(
+        model.eval(),
+        dev_logits,
+        trainer.state.log_history,
+        trainer.state.global_step,
+        str(trainer.args.device),
     )

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -17,8 +18,8 @@ import torch
 from transformers import set_seed
 
 from restar.config import RunConfig, flatten
-from restar.finetune import build_trainer, class_weights, load_encoder
-from restar.inference import ModelMetadata, TransformerScorer
+from restar.finetune import checkpoint_dir, class_weights, fit, load_encoder
+from restar.inference import ModelMetadata
 from restar.metrics import calibrate_on_dev
 from restar.onnx_backend import TORCH, convert
 from restar.pyfunc import log_run_model
@@ -57,8 +58,31 @@ def save_model(model, tokenizer, metadata: ModelMetadata, out_dir: Path) -> None
         staging.rename(out_dir)
 
 
-def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path) -> dict:
-    """Train, calibrate, save to out_dir/model, write metrics_dev.json and log the run to MLflow."""
+def resumable_run_id(checkpoints: Path) -> str | None:
+    """The MLflow run a killed training left behind, so a resumed run keeps logging into it."""
+    path = checkpoints / "mlflow_run_id"
+    if not path.is_file():
+        return None
+    run_id = path.read_text().strip()
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run_id
+
+
+def train(
+    config: RunConfig,
+    config_path: Path,
+    pretrained_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    work_dir: Path,
+) -> dict:
+    """Train, calibrate, save to out_dir/model, write metrics_dev.json and log the run to MLflow.
+
+    `work_dir` keeps the checkpoints of an unfinished run (a rerun resumes from them) and the layer cache.
+    """
     settings = config.train
     logger.info("config %s: %s", config_path, config.model_dump_json())
     set_seed(settings.seed)
@@ -81,12 +105,14 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
     base_model = json.loads((pretrained_dir / "restar_pretrained.json").read_text())
 
     tracking_uri = configure_tracking()
-    with (
-        tempfile.TemporaryDirectory() as checkpoints,
-        mlflow.start_run(
-            experiment_id=experiment_id(config.tracking.experiment), run_name=f"{config.name}-train"
-        ) as run,
-    ):
+    checkpoints = checkpoint_dir(settings, pretrained_dir, [train_frame, dev_frame], work_dir)
+    with mlflow.start_run(
+        run_id=resumable_run_id(checkpoints),
+        experiment_id=experiment_id(config.tracking.experiment),
+        run_name=f"{config.name}-train",
+    ) as run:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (checkpoints / "mlflow_run_id").write_text(run.info.run_id)
         mlflow.set_tags(
             {
                 "restar.config": str(config_path),
@@ -102,14 +128,14 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
                 **{f"data.{split}_rows": rows for split, rows in data_stats["rows"].items()},
             }
         )
-        trainer = build_trainer(settings, model, tokenizer, train_frame, dev_frame, checkpoints)
-        trainer.train()
-        log_training_history(trainer.state.log_history)
+        started = time.perf_counter()
+        result = fit(settings, model, tokenizer, pretrained_dir, train_frame, dev_frame, work_dir)
+        train_seconds = time.perf_counter() - started
+        log_training_history(result.log_history)
 
-        model = trainer.model.to("cpu").eval()
-        scorer = TransformerScorer(model, tokenizer, settings.max_length, settings.eval_batch_size)
+        model = result.model
         temperature, bias, dev_metrics = calibrate_on_dev(
-            scorer.logits(dev_frame["text"].tolist()),
+            result.dev_logits,
             dev_frame["label"].to_numpy(),
             settings.abstain_threshold,
             with_bias=settings.calibration == "temperature+bias",
@@ -128,7 +154,9 @@ def train(config: RunConfig, config_path: Path, pretrained_dir: Path, data_dir: 
         if config.inference.backend != TORCH:
             convert(model_dir, config.inference.backend)
         (out_dir / "metrics_dev.json").write_text(json.dumps(dev_metrics, indent=2) + "\n")
-        mlflow.log_metrics(dev_metrics, step=trainer.state.global_step)
+        mlflow.log_metrics(dev_metrics, step=result.global_step)
+        # Seconds of this process: a resumed run adds to the time its killed predecessor spent.
+        mlflow.log_metric("train_seconds", round(train_seconds, 1))
         mlflow.log_artifact(str(out_dir / "metrics_dev.json"))
         mlflow.log_artifact(str(data_dir / "stats.json"), artifact_path="data")
         record = log_run_model(run, model_dir, out_dir, tracking_uri)

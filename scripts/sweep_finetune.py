@@ -59,7 +59,7 @@ def run_variant(name: str, settings: dict, pretrained: str, data: str, threads: 
     import torch
     from transformers import set_seed
 
-    from restar.finetune import build_trainer, load_encoder
+    from restar.finetune import fit, load_encoder
     from restar.inference import TransformerScorer
 
     torch.set_num_threads(threads)
@@ -69,26 +69,27 @@ def run_variant(name: str, settings: dict, pretrained: str, data: str, threads: 
     frames = {split: pd.read_parquet(Path(data) / f"{split}.parquet") for split in ("train", "dev", "eval")}
     tokenizer, model = load_encoder(Path(pretrained))
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as checkpoints:
-        trainer = build_trainer(config, model, tokenizer, frames["train"], frames["dev"], checkpoints)
-        trainer.train()
-        train_seconds = time.perf_counter() - started
-        # Trainer.predict would return rows in its length-grouped order; the inference core keeps input order.
-        scorer = TransformerScorer(trainer.model, tokenizer, config.max_length, config.eval_batch_size)
-        logits = {split: scorer.logits(frames[split]["text"].tolist()) for split in ("dev", "eval")}
+    with tempfile.TemporaryDirectory() as work_dir:
+        result = fit(
+            config, model, tokenizer, Path(pretrained), frames["train"], frames["dev"], Path(work_dir)
+        )
+    train_seconds = time.perf_counter() - started
+    # Trainer.predict would return rows in its length-grouped order; the inference core keeps input order.
+    scorer = TransformerScorer(result.model, tokenizer, config.max_length, config.eval_batch_size)
+    logits = {"dev": result.dev_logits, "eval": scorer.logits(frames["eval"]["text"].tolist())}
     history = [
         {
             "epoch": round(entry["epoch"], 3),
             "accuracy": entry["eval_accuracy"],
             "macro_f1": entry["eval_macro_f1"],
         }
-        for entry in trainer.state.log_history
+        for entry in result.log_history
         if "eval_accuracy" in entry
     ]
     return {
         "name": name,
         "train": config.model_dump(),
-        "device": str(trainer.args.device),
+        "device": result.device,
         "train_seconds": round(train_seconds, 1),
         "dev_history": history,
         **{
