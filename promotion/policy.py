@@ -34,6 +34,10 @@ class Policy(BaseModel):
     alias: str = "production"
     gates: list[GateSpec] = Field(min_length=1)
 
+    def gate_param(self, gate: str, key: str) -> object | None:
+        """A parameter of the first gate of that name, e.g. the accuracy gate's `min`; None without one."""
+        return next((spec.params.get(key) for spec in self.gates if spec.name == gate), None)
+
 
 def available_gates() -> dict[str, type[Gate]]:
     """Every gate class registered under the `restar.gates` entry-point group, by name."""

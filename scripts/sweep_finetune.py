@@ -119,8 +119,7 @@ def seed_ensembles(results: list[dict], labels: dict[str, np.ndarray], threshold
 
 def release_accuracy(policy_path: Path) -> float | None:
     """The accuracy gate's minimum in the base config's promotion policy, if it has one."""
-    gates = load_policy(policy_path).gates
-    return next((gate.params["min"] for gate in gates if gate.name == "accuracy"), None)
+    return load_policy(policy_path).gate_param("accuracy", "min")
 
 
 def hardware() -> dict[str, object]:
