@@ -9,6 +9,10 @@ fills in after reading each review:
 - `mixed`: the text honestly supports both classes (praise and complaints of similar weight);
 - `model_error`: the text supports its star class and the model missed it.
 
+The review texts stay out of the committed table: the upstream data's terms forbid committing any part
+of it. `sample` writes a reading copy with each text's first 600 characters under outputs/ (not tracked),
+and the committed table holds the review's ids and, in `note`, the auditor's own one-line summary.
+
 `summarize` reads the filled-in CSV, scales each pair's verdict shares up to all of that pair's errors, and
 writes the estimated number of eval reviews whose star label a text-reading model cannot match, and the
 accuracy ceiling that follows.
@@ -81,12 +85,16 @@ def sample(args: argparse.Namespace) -> None:
             "confidence": drawn["confidence"],
             "pair": drawn["pair"],
             "pair_errors": drawn["pair"].map(counts),
-            "text_excerpt": drawn["text"].str.slice(0, EXCERPT_CHARS),
             "verdict": "",
+            "note": "",
         }
     ).sort_values(["pair", "row"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     audit.to_csv(args.out, index=False)
+    args.reading_copy.parent.mkdir(parents=True, exist_ok=True)
+    audit.assign(text_excerpt=frame.loc[audit["row"], "text"].str.slice(0, EXCERPT_CHARS).to_numpy()).to_csv(
+        args.reading_copy, index=False
+    )
     meta = {
         "eval_rows": len(frame),
         "errors": len(errors),
@@ -144,6 +152,12 @@ def main() -> None:
     )
     draw.add_argument("--data", type=Path, default=Path("data/raw/eval.parquet"), help="eval split")
     draw.add_argument("--out", type=Path, default=Path("results/full/error_audit.csv"))
+    draw.add_argument(
+        "--reading-copy",
+        type=Path,
+        default=Path("outputs/error_audit_reading.csv"),
+        help="the same rows with text excerpts, to read (not tracked)",
+    )
     draw.add_argument("-n", type=int, default=100, help="errors to draw")
     draw.add_argument("--min-per-pair", type=int, default=5, help="at least this many per class pair")
     draw.add_argument("--seed", type=int, default=0)
