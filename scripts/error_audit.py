@@ -11,7 +11,8 @@ fills in after reading each review:
 
 The review texts stay out of the committed table: the upstream data's terms forbid committing any part
 of it. `sample` writes a reading copy with each text's first 600 characters under outputs/ (not tracked),
-and the committed table holds the review's ids and, in `note`, the auditor's own one-line summary.
+and the committed table holds the review's position in the eval split and its product ids (no reviewer
+ids) and, in `note`, the auditor's own one-line summary.
 
 `summarize` reads the filled-in CSV, scales each pair's verdict shares up to all of that pair's errors, and
 writes the estimated number of eval reviews whose star label a text-reading model cannot match, and the
@@ -78,7 +79,6 @@ def sample(args: argparse.Namespace) -> None:
             "row": drawn.index,
             "parent_asin": drawn["parent_asin"],
             "asin": drawn["asin"],
-            "user_id": drawn["user_id"],
             "stars": drawn["rating"].astype(int),
             "true": drawn["true"],
             "predicted": drawn["predicted"],
