@@ -202,6 +202,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--predictor-rows", type=int, default=5000)
     parser.add_argument("--endpoint-requests", type=int, default=320, help="Requests per client level.")
+    parser.add_argument(
+        "--accuracy-rows", type=int, default=None, help="Score accuracy on a seeded sample of N eval rows."
+    )
     parser.add_argument("--skip-endpoint", action="store_true")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "outputs/bench/speed.json")
     args = parser.parse_args()
@@ -209,10 +212,14 @@ def main() -> None:
     frame = pd.read_parquet(args.data, columns=["text", "label"])
     natural = latency_texts(frame, args.calls + args.warmup, None)
     hundred = latency_texts(frame, args.calls + args.warmup, (80, 120))
+    scored = (
+        frame.sample(n=min(args.accuracy_rows, len(frame)), random_state=0) if args.accuracy_rows else frame
+    )
     report: dict = {
         "model": str(args.model),
         "data": str(args.data),
         "eval_rows": len(frame),
+        "accuracy_rows": len(scored),
         "mean_words": {"natural": mean_words(natural), "100_words": mean_words(hundred)},
         "hardware": hardware(),
         "backends": {},
@@ -222,7 +229,7 @@ def main() -> None:
         for backend, folder in folders.items():
             pyfunc_dir = folder.parent / "pyfunc"
             result = {
-                "eval_accuracy": accuracy(folder, frame),
+                "eval_accuracy": accuracy(folder, scored),
                 "pyfunc_natural": pyfunc_latency(pyfunc_dir, natural, args.warmup),
                 "pyfunc_100_words": pyfunc_latency(pyfunc_dir, hundred, args.warmup),
                 "raw_forward": raw_forward_latency(folder, hundred, args.warmup),

@@ -10,8 +10,8 @@ written to curves.json as it finishes and points already there are skipped, so a
         --encoder minilm=artifacts/encoders/minilm --encoder mpnet=artifacts/pretrained/model \
         --fractions 0.125 0.25 0.5 1.0
 
-Encoder folders come from `restar fetch-model`. `--release NAME=METRICS_JSON` adds a pipeline run's
-dev/eval accuracy to the plot at the full training size.
+Encoder folders come from `restar fetch-model`. `--release NAME=METRICS_JSON[:KEY]` adds a pipeline run's
+eval accuracy (or another key of its metrics file) to the plot at the full training size.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def plot(study: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(10.5, 5))
     for index, name in enumerate(dict.fromkeys(p["encoder"] for p in study["points"])):
         points = sorted((p for p in study["points"] if p["encoder"] == name), key=lambda p: p["train_rows"])
         rows = [p["train_rows"] for p in points]
@@ -117,15 +117,23 @@ def plot(study: dict, path: Path) -> None:
             rows, [p["dev_accuracy"] for p in points], "o--", color=color, alpha=0.6, label=f"{name}: dev"
         )
     for index, (label, release) in enumerate(study.get("release", {}).items()):
-        marker = "*" if index == 0 else "P"
+        marker = "*PXD"[index % 4]
         ax.scatter(
             [release["train_rows"]],
             [release["eval_accuracy"]],
             marker=marker,
-            s=160,
-            color="black",
+            s=110,
+            color=("black", "dimgray", "C0", "C1")[index % 4],
             zorder=5,
             label=f"{label}: eval",
+        )
+    for index, (name, value) in enumerate(study.get("ceilings", {}).items()):
+        ax.axhline(
+            value,
+            color="grey",
+            linestyle=(":", "-.", (0, (1, 4)))[index % 3],
+            linewidth=1,
+            label=f"ceiling, {name}: {value}",
         )
     if study.get("gate_accuracy"):
         ax.axhline(
@@ -139,7 +147,7 @@ def plot(study: dict, path: Path) -> None:
     ax.set_ylabel("accuracy (natural class mix)")
     ax.set_title("Learning curves: top third of the layers trained on cached lower layers, 1 epoch")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -161,7 +169,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/raw"), help="train/dev/eval.parquet folder")
     parser.add_argument("--encoder", action="append", required=True, help="NAME=DIR from restar fetch-model")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5])
-    parser.add_argument("--release", action="append", default=[], help="NAME=metrics_eval.json of a full run")
+    parser.add_argument(
+        "--release", action="append", default=[], help="NAME=metrics_eval.json[:KEY] of a full run"
+    )
+    parser.add_argument(
+        "--audit", type=Path, help="error_audit.json: draw the star labels' accuracy ceilings"
+    )
     parser.add_argument(
         "--work-dir", type=Path, default=Path("outputs/cache"), help="layer cache, checkpoints"
     )
@@ -197,10 +210,21 @@ def main() -> None:
             study["points"].append(point)
             path.write_text(json.dumps(study, indent=2) + "\n")
     releases = {}
-    for label, metrics_path in parse_pairs(args.release, "--release").items():
+    for label, spec in parse_pairs(args.release, "--release").items():
+        metrics_path, _, key = spec.partition(":")
         metrics = json.loads(Path(metrics_path).read_text())
-        releases[label] = {"train_rows": len(frames["train"]), "eval_accuracy": metrics["eval_accuracy"]}
+        releases[label] = {
+            "train_rows": len(frames["train"]),
+            "eval_accuracy": metrics[key or "eval_accuracy"],
+        }
     study["release"] = releases
+    if args.audit:
+        audit = json.loads(args.audit.read_text())
+        study["ceilings"] = {
+            "label noise lost": audit["ceiling_label_noise"],
+            "noise + half of mixed lost": audit["ceiling_noise_and_half_mixed"],
+            "noise + all mixed lost": audit["ceiling_noise_and_mixed"],
+        }
     path.write_text(json.dumps(study, indent=2) + "\n")
     plot(study, args.out / "curves.png")
     print(f"wrote {path} and {args.out / 'curves.png'}")

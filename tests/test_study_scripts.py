@@ -43,9 +43,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, check=True, timeout=600, capture_output=True, text=True
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, timeout=600, capture_output=True, text=True
     )
+    if result.returncode != 0:
+        raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr[-3000:])
+    return result
 
 
 @pytest.mark.slow
