@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +154,7 @@ class FitResult:
     log_history: list[dict]
     global_step: int
     device: str
+    checkpoints: Path  # kept until the caller has saved what it needs: a kill before then resumes
 
 
 def checkpoint_dir(
@@ -182,8 +182,8 @@ def fit(
     """Train, resuming from this run's last checkpoint under `work_dir` if a killed run left one.
 
     With `train.frozen_layers` set, the lower layers' outputs are cached under `work_dir` once (or come
-    in as `states`, train and dev) and only the top layers and head train. Checkpoints are removed once
-    training has finished; the cache stays.
+    in as `states`, train and dev) and only the top layers and head train. The checkpoints stay until
+    the caller removes `FitResult.checkpoints`; the cache stays.
     """
     checkpoints = checkpoint_dir(settings, pretrained_dir, [train_frame, dev_frame], work_dir)
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
@@ -220,8 +220,8 @@ def fit(
             trainer.state.log_history,
             trainer.state.global_step,
             str(trainer.args.device),
+            checkpoints,
         )
-    shutil.rmtree(checkpoints, ignore_errors=True)
     return result
 
 
@@ -241,4 +241,5 @@ def _fit_top_layers(settings, model, tokenizer, rows, states, checkpoints, last)
         trainer.state.log_history,
         trainer.state.global_step,
         str(trainer.args.device),
+        checkpoints,
     )

@@ -8,6 +8,7 @@ the lower layers back, so the model that is saved and served is the whole, ordin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -75,13 +76,27 @@ def top_layers_only(model: nn.Module, frozen_layers: int) -> Iterator[nn.Module]
         yield model
 
 
+def encoder_fingerprint(encoder_dir: Path) -> str:
+    """sha256 over the encoder's weight, config and tokenizer files, read once per version of them."""
+    files = sorted(
+        p for p in encoder_dir.iterdir() if p.suffix in {".json", ".safetensors", ".txt", ".model"}
+    )
+    return _fingerprint(tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.cache
+def _fingerprint(files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        digest.update(Path(path).name.encode())
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 def cache_key(encoder_dir: Path, frozen_layers: int, max_length: int, texts: Sequence[str]) -> str:
     """Names the cache by everything its content depends on: encoder files, cut, max_length and texts."""
     digest = hashlib.sha256(json.dumps([frozen_layers, max_length]).encode())
-    for path in sorted(encoder_dir.iterdir()):
-        if path.suffix in {".json", ".safetensors", ".txt", ".model"}:
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+    digest.update(encoder_fingerprint(encoder_dir).encode())
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")

@@ -161,6 +161,7 @@ def train(
         mlflow.log_artifact(str(data_dir / "stats.json"), artifact_path="data")
         record = log_run_model(run, model_dir, out_dir, tracking_uri)
         _log_train_log(out_dir)
+    shutil.rmtree(result.checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     return {**dev_metrics, **record}
 
 

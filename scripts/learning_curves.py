@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def run_point(
     train_seconds = time.perf_counter() - started
     with top_layers_only(result.model, settings.frozen_layers):
         logits = {"dev": result.dev_logits, "eval": top_logits(result.model, states["eval"]).numpy()}
+    shutil.rmtree(result.checkpoints, ignore_errors=True)
     point = {
         "encoder": name,
         "fraction": fraction,
