@@ -8,6 +8,7 @@ The model prepares text and title as the training data was prepared (restar.text
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
 MAX_TEXTS = 64  # per request
 MAX_CHARS = 20_000  # per text; longer reviews are truncated to max_length tokens anyway
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # "\ud800" decodes to a str that is not Unicode text
 
 
 @dataclass
@@ -35,35 +37,55 @@ class RequestError(ValueError):
 
 
 def parse_body(body: Any) -> ParsedRequest:
-    """One request body (raw bytes or decoded JSON) -> texts and titles, or a 4xx status naming the error."""
-    if isinstance(body, bytes | bytearray):
-        try:
-            body = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return ParsedRequest(status=400, error=f"body is not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return ParsedRequest(
-            status=400, error='body must be a JSON object: {"text": "..."} or {"texts": [...]}'
-        )
-    if "texts" in body:
-        items, many = body["texts"], True
-        if not isinstance(items, list) or not items:
-            return ParsedRequest(
-                status=400, error="'texts' must be a non-empty list of strings or review objects"
-            )
-    elif TEXT_COLUMN in body:
-        items, many = [body], False
-    else:
-        return ParsedRequest(status=400, error="missing 'text' (or 'texts') field")
-    if len(items) > MAX_TEXTS:
-        return ParsedRequest(status=413, error=f"too many texts: {len(items)} > {MAX_TEXTS} per request")
+    """One request body (raw bytes, text or decoded JSON) -> texts and titles, or a 4xx naming the error."""
     try:
+        if isinstance(body, bytes | bytearray | str):
+            body = decode_json(body)
+        items, many = review_items(body)
         reviews = [review(item, f"texts[{index}]" if many else "") for index, item in enumerate(items)]
     except RequestError as exc:
         return ParsedRequest(status=exc.status, error=str(exc))
     return ParsedRequest(
         texts=[text for text, _ in reviews], titles=[title for _, title in reviews], many=many
     )
+
+
+def decode_json(raw: bytes | bytearray | str) -> Any:
+    """Strict JSON: UTF-8 (a leading BOM is allowed), no NaN or Infinity, bounded nesting."""
+    if isinstance(raw, bytes | bytearray):
+        try:
+            raw = bytes(raw).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise RequestError(400, f"body is not valid UTF-8: {exc}") from None
+    raw = raw.removeprefix("\ufeff")
+    if not raw.strip():
+        raise RequestError(400, 'body is empty: send {"text": "..."} or {"texts": [...]}')
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise RequestError(400, "body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, integers over Python's digit limit
+        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def review_items(body: Any) -> tuple[list[Any], bool]:
+    """The review items of a decoded body, and whether it is answered as a list."""
+    if not isinstance(body, dict):
+        raise RequestError(400, 'body must be a JSON object: {"text": "..."} or {"texts": [...]}')
+    if "texts" in body:
+        items = body["texts"]
+        if not isinstance(items, list) or not items:
+            raise RequestError(400, "'texts' must be a non-empty list of strings or review objects")
+        if len(items) > MAX_TEXTS:
+            raise RequestError(413, f"too many texts: {len(items)} > {MAX_TEXTS} per request")
+        return items, True
+    if TEXT_COLUMN in body:
+        return [body], False
+    raise RequestError(400, "missing 'text' (or 'texts') field")
 
 
 def review(item: Any, where: str) -> tuple[str, str | None]:
@@ -90,3 +112,7 @@ def checked_string(value: Any, where: str, allow_blank: bool = False) -> None:
         raise RequestError(400, f"{where} is empty")
     if len(value) > MAX_CHARS:
         raise RequestError(413, f"{where} is too long: {len(value)} > {MAX_CHARS} characters")
+    surrogate = _LONE_SURROGATE.search(value)
+    if surrogate:
+        code = f"\\u{ord(surrogate.group()):04x}"
+        raise RequestError(400, f"{where} is not valid Unicode: lone surrogate {code} at {surrogate.start()}")

@@ -16,15 +16,18 @@ TITLE_COLUMN = "title"  # optional: the upstream review title, composed in front
 _VIDEO_MARKER = re.compile(r"\[\[VIDEOID:[^\]]*\]\]")
 _HTML_TAG = re.compile(r"<[^>]+>")
 _WHITESPACE = re.compile(r"\s+")
+# A lone UTF-16 surrogate ("\ud800" in JSON) is not a character: tokenizers cannot encode it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Amazon fills in "Five Stars" etc. when a reviewer leaves the title empty: it restates the label.
 _RATING_TITLE = re.compile(r"^(one|two|three|four|five) stars?$", re.IGNORECASE)
 
 
 def clean_markup(raw: object) -> str:
-    """Strip HTML tags and video markers, unescape entities, collapse whitespace; "" for non-strings."""
+    """Strip HTML tags and video markers, unescape entities, collapse whitespace; "" for non-strings.
+    Lone surrogates become U+FFFD, the replacement character."""
     if not isinstance(raw, str):
         return ""
-    text = _VIDEO_MARKER.sub(" ", raw)
+    text = _VIDEO_MARKER.sub(" ", _LONE_SURROGATE.sub("\ufffd", raw))
     text = html.unescape(_HTML_TAG.sub(" ", text))
     return _WHITESPACE.sub(" ", text).strip()
 
