@@ -6,13 +6,13 @@ data was prepared (restar.text).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-import os
-import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -21,11 +21,14 @@ from tqdm import tqdm
 
 from restar.inference import METADATA_FILE, InferenceCore, is_blank
 from restar.labels import OUTPUT_COLUMNS
+from restar.output_files import atomic_file, write_error
 from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
 logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+# Inputs only: pandas reads `reviews.jsonl.gz` (the upstream files) or `reviews.csv.bz2` as they are.
+COMPRESSIONS = {".gz", ".bz2", ".xz", ".zst"}
 
 
 class PredictFn(Protocol):
@@ -38,12 +41,17 @@ class PredictorError(ValueError):
     """Input, output or model problems, described for the person who ran the command."""
 
 
-def file_format(path: Path) -> str:
+def file_format(path: Path, compressed: bool = False) -> str:
+    """The format its suffix names: csv, parquet or jsonl; `compressed` also allows .csv.gz and the like."""
+    suffix = path.suffix.lower()
+    if compressed and suffix in COMPRESSIONS and FORMATS.get(Path(path.stem).suffix.lower()) != "parquet":
+        suffix = Path(path.stem).suffix.lower()
     try:
-        return FORMATS[path.suffix.lower()]
+        return FORMATS[suffix]
     except KeyError:
+        also = f", or .csv/.jsonl compressed as {sorted(COMPRESSIONS)}" if compressed else ""
         raise PredictorError(
-            f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(FORMATS)}"
+            f"{path}: unsupported file type {path.suffix!r}; use {sorted(FORMATS)}{also}"
         ) from None
 
 
@@ -53,7 +61,7 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     Every way the file can be unusable becomes a PredictorError naming it, including a bad line far
     into the file (raised when that chunk is read).
     """
-    kind = file_format(path)
+    kind = file_format(path, compressed=True)
     if not path.is_file():
         raise PredictorError(f"{path}: input file not found")
     if path.stat().st_size == 0:
@@ -67,7 +75,9 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             rows += len(chunk)
             if len(chunk):
                 yield chunk
-    except (ValueError, OSError) as exc:  # parser, JSON, encoding and pyarrow errors all derive from these
+    # parser, JSON, encoding, pyarrow and decompression errors (a truncated .gz ends in EOFError,
+    # a JSON line that is not an object in TypeError)
+    except (ValueError, OSError, EOFError, TypeError, zlib.error) as exc:
         if isinstance(exc, PredictorError):
             raise
         raise PredictorError(f"{path}: cannot read as {kind}: {exc}") from exc
@@ -142,10 +152,10 @@ def predict_frame(frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 
 
 
 class ChunkWriter:
-    """Appends prediction chunks to one CSV, Parquet or JSON Lines file."""
+    """Appends prediction chunks as CSV, Parquet or JSON Lines to one open binary file."""
 
-    def __init__(self, path: Path, kind: str):
-        self.path = path
+    def __init__(self, handle: BinaryIO, kind: str):
+        self.handle = handle
         self.kind = kind
         self.parquet: pq.ParquetWriter | None = None
         self.started = False
@@ -154,19 +164,24 @@ class ChunkWriter:
         if self.kind == "parquet":
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self.parquet is None:
-                self.parquet = pq.ParquetWriter(self.path, table.schema)
+                self.parquet = pq.ParquetWriter(self.handle, table.schema)
             # a later chunk may infer another type for a passthrough column (all-null, say): use the first's
             self.parquet.write_table(table.cast(self.parquet.schema))
         elif self.kind == "csv":
-            frame.to_csv(self.path, mode="a" if self.started else "w", header=not self.started, index=False)
+            frame.to_csv(self.handle, header=not self.started, index=False, encoding="utf-8")
         else:
-            with open(self.path, "a" if self.started else "w", encoding="utf-8") as handle:
-                frame.to_json(handle, orient="records", lines=True, force_ascii=False)
+            self.handle.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
         self.started = True
 
     def close(self) -> None:
         if self.parquet is not None:
             self.parquet.close()
+
+    def abandon(self) -> None:
+        """Stop without finishing the file (a Parquet writer left open would try again when collected)."""
+        if self.parquet is not None and self.parquet.is_open:
+            with contextlib.suppress(Exception):
+                self.parquet.close()
 
 
 def predict_file(
@@ -179,29 +194,30 @@ def predict_file(
 ) -> int:
     """Predict every row of `input_path` into `output_path`; returns the number of rows written.
 
-    Reads and writes `chunk_rows` rows at a time into a temporary file beside the output, renamed
-    into place only when every row is answered: a failure leaves no output file behind.
+    Reads and writes `chunk_rows` rows at a time into an unnamed temporary file beside the output
+    (restar.output_files), which takes the output's name only when every row is answered: a failure,
+    a full disk or a kill leaves no output file and no partial one. A full disk raises OutputWriteError.
     """
     kind = file_format(output_path)
     chunks = read_chunks(input_path, chunk_rows)
     first = next(chunks)  # input problems surface before the model loads
     predict_fn = load_predict_fn(model_uri)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
-    os.close(fd)
-    writer = ChunkWriter(Path(tmp_name), kind)
     rows = 0
-    try:
-        with tqdm(desc="predict", unit="row", disable=not progress) as bar:
-            for chunk in itertools.chain([first], chunks):
-                writer.write(predict_frame(chunk, predict_fn, batch_size=batch_size))
-                rows += len(chunk)
-                bar.update(len(chunk))
-        writer.close()
-        os.replace(tmp_name, output_path)
-    except BaseException:
-        writer.close()
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(output_path) as handle:
+        writer = ChunkWriter(handle, kind)
+        try:
+            with tqdm(desc="predict", unit="row", disable=not progress) as bar:
+                for chunk in itertools.chain([first], chunks):
+                    answered = predict_frame(chunk, predict_fn, batch_size=batch_size)
+                    writer.write(answered)
+                    rows += len(chunk)
+                    bar.update(len(chunk))
+            writer.close()
+        except OSError as exc:  # reading errors are PredictorErrors by now: this is the output failing
+            writer.abandon()
+            raise write_error(output_path, exc) from exc
+        except BaseException:
+            writer.abandon()
+            raise
     logger.info("wrote %d predictions to %s", rows, output_path)
     return rows

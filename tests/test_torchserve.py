@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import requests
 
-from registry.service import PRODUCTION, Registry, VersionNotFound
+from registry.service import VersionNotFound
 from restar.export_torchserve import ExportError, export_torchserve
-from restar.pyfunc import log_pyfunc
 from restar.serve_local import LocalTorchServe, torchserve
+from tests.served import register_production, serve_production
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -28,40 +28,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def registered(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """An embedded MLflow store whose `restar` has version 1 = production (the tiny model)."""
+def registered(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("ts_registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.chdir(root)
-        mlflow.set_tracking_uri(uri)
-        with mlflow.start_run() as run:
-            info = log_pyfunc(tiny_model_dir)
-        registry = Registry("restar", uri)
-        version = registry.register(info.model_uri, run.info.run_id, {}, {"eval_accuracy": 0.5})
-        registry.set_alias(PRODUCTION, version.version)
-        mlflow.set_tracking_uri(None)
-    return root, uri
+    return root, register_production(tiny_model_dir, root)
 
 
 @pytest.fixture(scope="module")
 def served(registered, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTorchServe]:
-    """Export models:/restar@production and serve it with the repository's config on free ports."""
-    _, uri = registered
-    work = tmp_path_factory.mktemp("torchserve")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        export_torchserve(
-            "models:/restar@production",
-            work / "artifacts",
-            work / "model-store",
-            REPO_ROOT / "torchserve" / "handler.py",
-            REPO_ROOT / "torchserve" / "model-config.yaml",
-        )
-    with torchserve(
-        work / "model-store", REPO_ROOT / "torchserve" / "config.properties", work / "run"
-    ) as server:
+    with serve_production(registered[1], tmp_path_factory.mktemp("torchserve")) as server:
         yield server
 
 
@@ -116,33 +90,6 @@ def test_upstream_rows_are_prepared_as_in_training(served) -> None:
     expected = pd.DataFrame(prepared.json())[PROBS].to_numpy(float)
     np.testing.assert_allclose(pd.DataFrame(rows.json())[PROBS].to_numpy(float), expected, atol=1e-5)
     np.testing.assert_allclose([single.json()[p] for p in PROBS], expected[0], atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("body", "raw", "status", "message"),
-    [
-        (None, b'{"text": broken', 400, "not valid JSON"),
-        ({"review": "hi"}, None, 400, "missing 'text'"),
-        ({"text": ""}, None, 400, "text is empty"),
-        ({"text": 42}, None, 400, "must be a string"),
-        ({"texts": []}, None, 400, "non-empty list"),
-        ({"texts": ["ok", None]}, None, 400, "texts[1] must be a string"),
-        (["a", "list"], None, 400, "JSON object"),
-        ({"texts": ["x"] * 65}, None, 413, "too many texts"),
-        ({"text": "word " * 5000}, None, 413, "too long"),
-    ],
-)
-def test_bad_input_gets_a_4xx_and_the_worker_stays_up(served, body, raw, status: int, message: str) -> None:
-    response = served.predict(body, raw=raw)
-    assert response.status_code == status
-    assert message in response.json()["error"]
-    assert served.predict({"text": "still there?"}).status_code == 200
-
-
-def test_oversize_payload_is_refused_before_the_handler(served) -> None:
-    response = served.predict({"text": "x" * 1_200_000})
-    assert response.status_code == 413
-    assert served.predict({"text": "still there?"}).status_code == 200
 
 
 def test_requests_without_the_token_are_refused(served) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -34,6 +35,9 @@ class RestarHandler(BaseHandler):
     """Loads the model once from the archive; one `InferenceCore.predict` call per batch."""
 
     def initialize(self, context) -> None:
+        # The worker reads this for every request: bodies then arrive as the client's bytes, and one
+        # strict parser (restar.json_requests) judges them all, whatever their Content-Type says.
+        os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
         model_dir = Path(context.system_properties["model_dir"])
         self.core = InferenceCore.from_dir(model_dir)
         self.model_version = json.loads((model_dir / REGISTRY_FILE).read_text())["version"]

@@ -1,0 +1,51 @@
+"""A registry whose `restar@production` is the tiny test model, and TorchServe serving its export."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from registry.service import PRODUCTION, Registry
+from restar.export_torchserve import export_torchserve
+from restar.pyfunc import log_pyfunc
+from restar.serve_local import LocalTorchServe, torchserve
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def register_production(model_dir: Path, root: Path) -> str:
+    """An embedded MLflow store in `root` whose `restar` version 1 = production; returns its URI."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(root)
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run() as run:
+            info = log_pyfunc(model_dir)
+        registry = Registry("restar", uri)
+        version = registry.register(info.model_uri, run.info.run_id, {}, {"eval_accuracy": 0.5})
+        registry.set_alias(PRODUCTION, version.version)
+        mlflow.set_tracking_uri(None)
+    return uri
+
+
+@contextmanager
+def serve_production(uri: str, work: Path) -> Iterator[LocalTorchServe]:
+    """Export models:/restar@production from `uri` and serve it with the repository's config."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        export_torchserve(
+            "models:/restar@production",
+            work / "artifacts",
+            work / "model-store",
+            REPO_ROOT / "torchserve" / "handler.py",
+            REPO_ROOT / "torchserve" / "model-config.yaml",
+        )
+    with torchserve(
+        work / "model-store", REPO_ROOT / "torchserve" / "config.properties", work / "run"
+    ) as server:
+        yield server
