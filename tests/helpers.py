@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -27,3 +28,12 @@ def make_tiny_model(out_dir: Path, temperature: float = 1.3) -> Path:
     AutoTokenizer.from_pretrained(source).save_pretrained(out_dir)
     ModelMetadata(temperature=temperature, max_length=64, base_model="tiny-test").save(out_dir)
     return out_dir
+
+
+def strict_json(text: str) -> object:
+    """json.loads that refuses NaN and Infinity, which Python's accepts but JSON does not have."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)

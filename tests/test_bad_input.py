@@ -27,6 +27,7 @@ from restar.labels import ABSTAIN
 from restar.predictor import PredictorError, predict_file
 from restar.pyfunc import log_pyfunc
 from restar.serve_local import LocalTorchServe
+from tests.helpers import strict_json
 from tests.served import register_production, serve_production
 
 pytestmark = pytest.mark.slow
@@ -133,7 +134,7 @@ ANSWERED = [
 def test_answered_with_a_prediction(served: LocalTorchServe, raw: bytes, content_type, label) -> None:
     response = post(served, raw, content_type)
     assert response.status_code == 200
-    answer = json.loads(response.text)  # strict JSON: no NaN
+    answer = strict_json(response.text)
     assert answer["label"] in ("negative", "neutral", "positive", ABSTAIN)
     if label == ABSTAIN:
         assert answer["label"] == ABSTAIN and answer["confidence"] is None
