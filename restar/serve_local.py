@@ -1,7 +1,8 @@
 """Run TorchServe on this machine (loopback, token auth on) for tests and benchmarks.
 
 Takes the repository's `torchserve/config.properties` and changes only the three listen
-addresses, so what is tested and measured is what ships.
+addresses, so what is tested and measured is what ships. `gateway` runs the nginx gateway
+(`torchserve/nginx.conf`) in front of it the same way.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,11 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import requests
 
 BIN = Path(sys.executable).parent
+GATEWAY_TEMPLATE = Path(__file__).resolve().parents[1] / "torchserve" / "nginx.conf"
 
 
 @dataclass
@@ -106,6 +110,94 @@ def local_config(config: Path, ports: list[int]) -> str:
     for name, port in zip(("inference", "management"), grpc, strict=True):
         text = re.sub(rf"^grpc_{name}_port=.*$", f"grpc_{name}_port={port}", text, flags=re.M)
     return text
+
+
+class GatewayError(RuntimeError):
+    """nginx is not installed, or the gateway did not start."""
+
+
+@dataclass
+class LocalGateway:
+    workdir: Path
+    process: subprocess.Popen
+    url: str
+
+    def stop(self, timeout: float = 30) -> int:
+        """Fast shutdown (SIGTERM to the master); returns its exit code."""
+        self.process.terminate()
+        return self.process.wait(timeout=timeout)
+
+
+def render_gateway_config(
+    torchserve: str, listen: str = "127.0.0.1:8000", template: Path = GATEWAY_TEMPLATE
+) -> str:
+    """The gateway config proxying to TorchServe's inference port at `torchserve`, listening on `listen`.
+
+    Both are host:port; everything else is the template as it ships (comments keep the placeholders).
+    """
+    for address in (torchserve, listen):
+        if not re.fullmatch(r"[\w.-]+:\d{1,5}", address):
+            raise ValueError(f"not a host:port address: {address!r}")
+
+    def fill(line: str) -> str:
+        if line.lstrip().startswith("#"):
+            return line
+        return line.replace("@LISTEN@", listen).replace("@TORCHSERVE@", torchserve)
+
+    header = f"# Rendered from torchserve/{template.name} (listen {listen}, TorchServe {torchserve}).\n"
+    return header + "".join(fill(line) for line in template.read_text().splitlines(keepends=True))
+
+
+def find_nginx(search_path: str | None = None) -> str:
+    """The nginx binary on PATH or in the sbin folders (often missing from a non-root PATH)."""
+    if search_path is None:
+        search_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin"])
+    found = shutil.which("nginx", path=search_path)
+    if not found:
+        raise GatewayError(
+            "nginx is not installed; the gateway in front of TorchServe needs it. On Debian/Ubuntu: "
+            "apt-get install nginx-light (or, as root, bash scripts/system_deps.sh)"
+        )
+    return found
+
+
+@contextmanager
+def gateway(upstream_url: str, workdir: Path, ready_timeout: float = 30) -> Iterator[LocalGateway]:
+    """Run the nginx gateway on a free loopback port in front of TorchServe's inference `upstream_url`;
+    yield once it answers (TorchServe need not be up); stop it after. Config, pid, temp dirs and
+    the log (`gateway.log`) stay in `workdir`."""
+    nginx = find_nginx()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (port,) = free_ports(1)
+    config = workdir / "nginx.conf"
+    config.write_text(render_gateway_config(urlsplit(upstream_url).netloc, f"127.0.0.1:{port}"))
+    command = [nginx, "-p", f"{workdir}/", "-c", str(config), "-e", "stderr", "-g", "daemon off;"]
+    with open(workdir / "gateway.log", "w") as log:
+        process = subprocess.Popen(
+            command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        server = LocalGateway(workdir, process, f"http://127.0.0.1:{port}")
+        try:
+            _wait_until_answering(server, ready_timeout)
+            yield server
+        finally:
+            if process.poll() is None:
+                try:
+                    server.stop()
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def _wait_until_answering(server: LocalGateway, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.process.poll() is None:
+        try:
+            requests.get(server.url, timeout=5)  # any answer: the gateway's own 404
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise GatewayError(f"nginx did not start:\n{(server.workdir / 'gateway.log').read_text()[-4000:]}")
 
 
 @contextmanager

@@ -1,0 +1,207 @@
+"""The nginx gateway (torchserve/nginx.conf) in front of a real TorchServe: what each method and path gets."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from restar.serve_local import (
+    GatewayError,
+    LocalGateway,
+    LocalTorchServe,
+    find_nginx,
+    free_ports,
+    gateway,
+    render_gateway_config,
+)
+from tests.served import register_production, serve_production
+
+MAX_BODY = 1048576  # TorchServe's max_request_size
+PROBS = ["p_neg", "p_neu", "p_pos"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTorchServe]:
+    """TorchServe serving the export of a registry whose production version is the tiny model."""
+    uri = register_production(tiny_model_dir, tmp_path_factory.mktemp("gw_registry"))
+    with serve_production(uri, tmp_path_factory.mktemp("gw_torchserve")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gw(served: LocalTorchServe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGateway]:
+    with gateway(served.inference_url, tmp_path_factory.mktemp("gateway")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def token(served: LocalTorchServe) -> dict[str, str]:
+    return {"Authorization": f"Bearer {served.keys['inference']}", "Content-Type": "application/json"}
+
+
+def call(base: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> requests.Response:
+    return requests.request(method, base + path, headers=headers, data=body, timeout=60)
+
+
+def assert_json_error(response: requests.Response, status: int, *phrases: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    payload = response.json()
+    assert payload["status"] == status
+    for phrase in phrases:
+        assert phrase in payload["error"]
+    return payload
+
+
+def rows(response: requests.Response) -> list[dict]:
+    payload = response.json()
+    return payload if isinstance(payload, list) else [payload]
+
+
+def test_post_predictions_is_torchserves_answer(gw, served, token) -> None:
+    for body in ({"text": "Great box, love it!"}, {"texts": ["Broke in a day", "It is fine"]}):
+        raw = json.dumps(body).encode()
+        through = call(gw.url, "POST", "/predictions/restar", token, raw)
+        direct = call(served.inference_url, "POST", "/predictions/restar", token, raw)
+        assert through.status_code == direct.status_code == 200
+        assert type(through.json()) is type(direct.json())
+        mine, theirs = rows(through), rows(direct)
+        assert [row["label"] for row in mine] == [row["label"] for row in theirs]
+        for a, b in zip(mine, theirs, strict=True):
+            assert [a[p] for p in PROBS] == pytest.approx([b[p] for p in PROBS], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({}, b'{"text": "no token"}'),  # TorchServe's own token check
+        ({"Authorization": "Bearer wrong-key"}, b'{"text": "wrong token"}'),
+        (None, b'{"text": broken'),  # the handler's 400
+        (None, json.dumps({"texts": ["x"] * 65}).encode()),  # the handler's 413
+    ],
+)
+def test_torchserve_errors_pass_through_unchanged(gw, served, token, headers, body: bytes) -> None:
+    headers = token if headers is None else headers
+    through = call(gw.url, "POST", "/predictions/restar", headers, body)
+    direct = call(served.inference_url, "POST", "/predictions/restar", headers, body)
+    assert 400 <= direct.status_code < 500
+    assert (through.status_code, through.content) == (direct.status_code, direct.content)
+    assert through.headers.get("Content-Type") == direct.headers.get("Content-Type")
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_on_predictions_get_405(gw, token, method: str) -> None:
+    # With the token and a valid body: TorchServe itself would answer each with a prediction.
+    response = call(gw.url, method, "/predictions/restar", token, b'{"text": "hello"}')
+    payload = assert_json_error(response, 405, f"method {method} not allowed", "use POST")
+    assert payload["error"] == f"method {method} not allowed on /predictions/restar; use POST"
+    assert response.headers["Allow"] == "POST"
+
+
+def test_head_on_predictions_gets_405_without_a_body(gw, token) -> None:
+    response = call(gw.url, "HEAD", "/predictions/restar", token)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.content == b""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/explanations/restar",
+        "/v1/models/restar:predict",
+        "/v2/models/restar/infer",
+        "/predictions/other",
+        "/predictions/restar/1",  # TorchServe's versioned path
+        "/models",
+        "/api-description",
+        "/",
+    ],
+)
+def test_other_paths_get_404_naming_the_path(gw, token, path: str) -> None:
+    response = call(gw.url, "POST", path, token, b'{"text": "hello"}')
+    assert_json_error(response, 404, f"no route for {path};")
+
+
+def test_a_path_that_would_break_the_json_is_not_echoed(gw, token) -> None:
+    response = call(gw.url, "GET", '/a%22b%5C"}', token)
+    assert_json_error(response, 404, "no route for (path not shown)")
+
+
+def test_ping_is_proxied_with_torchserves_token_check(gw, served, token) -> None:
+    assert call(gw.url, "GET", "/ping", token).json() == {"status": "Healthy"}
+    refused = call(gw.url, "GET", "/ping", {})
+    assert refused.content == call(served.inference_url, "GET", "/ping", {}).content
+    assert refused.status_code in (400, 401)
+    post = call(gw.url, "POST", "/ping", token)
+    assert_json_error(post, 405, "method POST not allowed on /ping; use GET")
+    assert post.headers["Allow"] == "GET"
+
+
+def test_bodies_over_torchserves_limit_get_413_from_the_gateway(gw, token) -> None:
+    response = call(gw.url, "POST", "/predictions/restar", token, b"x" * (MAX_BODY + 1))
+    assert_json_error(response, 413, "over 1048576 bytes")
+    # A body at the limit reaches TorchServe: the handler refuses the text as too long.
+    at_limit = json.dumps({"text": "x" * (MAX_BODY - 12)}).encode()
+    assert len(at_limit) == MAX_BODY
+    response = call(gw.url, "POST", "/predictions/restar", token, at_limit)
+    assert response.status_code == 413
+    assert "too long" in response.json()["error"]
+    assert call(gw.url, "POST", "/predictions/restar", token, b'{"text": "still there?"}').status_code == 200
+
+
+def test_upstream_connections_are_kept_alive(gw, served, token) -> None:
+    for _ in range(5):
+        assert call(gw.url, "POST", "/predictions/restar", token, b'{"text": "hi"}').status_code == 200
+    ts_port = int(served.inference_url.rsplit(":", 1)[1])
+    to_torchserve = [
+        conn
+        for process in psutil.Process(gw.process.pid).children()
+        for conn in process.net_connections("tcp")
+        if conn.raddr and conn.raddr.port == ts_port and conn.status == psutil.CONN_ESTABLISHED
+    ]
+    assert len(to_torchserve) == 1  # one pooled connection reused, not one per request
+
+
+def test_the_gateway_binds_loopback_and_keeps_its_files_in_its_run_dir(gw) -> None:
+    master = psutil.Process(gw.process.pid)
+    listening = [
+        conn.laddr
+        for process in (master, *master.children())
+        for conn in process.net_connections("tcp")
+        if conn.status == psutil.CONN_LISTEN
+    ]
+    assert listening and {address.ip for address in listening} == {"127.0.0.1"}
+    assert int((gw.workdir / "nginx.pid").read_text()) == master.pid
+    assert (gw.workdir / "client_body_temp").is_dir()
+    assert len(master.children()) == 1  # one worker
+
+
+def test_an_unreachable_torchserve_gets_a_json_502(tmp_path: Path) -> None:
+    (closed,) = free_ports(1)
+    with gateway(f"http://127.0.0.1:{closed}", tmp_path / "gw") as lonely:
+        response = call(lonely.url, "POST", "/predictions/restar", {}, b'{"text": "hi"}')
+        assert_json_error(response, 502, "TorchServe is not answering")
+        assert lonely.stop() == 0
+
+
+def test_missing_nginx_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(GatewayError, match="apt-get install nginx-light"):
+        find_nginx(search_path=str(tmp_path))
+    assert Path(find_nginx()).name == "nginx"
+
+
+def test_config_takes_only_host_port_addresses() -> None:
+    config = render_gateway_config("torchserve:8080", listen="0.0.0.0:8001")
+    assert "listen 0.0.0.0:8001;" in config
+    assert "server torchserve:8080;" in config
+    assert re.search(r"^[^#]*@[A-Z]+@", config, flags=re.M) is None
+    with pytest.raises(ValueError, match="host:port"):
+        render_gateway_config("torchserve:8080", listen="127.0.0.1:8000; include /etc/passwd")
