@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash scripts/system_deps.sh  # nginx, for the gateway tests
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 exec python -m pytest "$@"

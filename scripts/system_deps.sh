@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# System packages the tests need besides Python's: nginx (the gateway in front of TorchServe).
+# Installs Debian's nginx-light with apt-get when nginx is missing and this runs as root; otherwise
+# says what to install. Safe to run again.
+set -euo pipefail
+
+if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "nginx is missing: install it (Debian/Ubuntu: sudo apt-get install nginx-light); the gateway tests need it" >&2
+    exit 0
+fi
+
+# The package would start a system nginx on port 80; a policy-rc.d that refuses (as Docker images ship)
+# keeps it from starting. Only added when none exists, and removed again.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+echo "installed $(/usr/sbin/nginx -v 2>&1)"
