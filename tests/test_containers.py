@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from restar.serve_local import render_gateway_config
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCKERFILES = ["Dockerfile", "torchserve/Dockerfile", "docker/mlflow.Dockerfile"]
@@ -80,7 +82,7 @@ def test_compose_matches_the_compose_spec() -> None:
 def test_compose_services_are_healthy_local_and_secret_free() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "mlflow", "torchserve", "predictor"}
+    assert set(services) == {"postgres", "mlflow", "torchserve", "gateway", "predictor"}
     for name in ("postgres", "mlflow", "torchserve"):
         assert "healthcheck" in services[name], name
     for name, service in services.items():
@@ -122,3 +124,31 @@ def test_container_config_differs_from_the_local_one_only_in_addresses() -> None
         if line.endswith(("8080", "8081", "8082"))
     ]
     assert addresses and all("127.0.0.1" in line for line in addresses)
+
+
+def test_gateway_is_the_only_way_to_torchserves_inference_port() -> None:
+    services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    assert not any(port.endswith(":8080") for port in services["torchserve"]["ports"])
+    gateway = services["gateway"]
+    assert gateway["ports"] == ["127.0.0.1:8000:8000"]
+    assert gateway["depends_on"] == {"torchserve": {"condition": "service_healthy"}}
+    assert re.fullmatch(r"nginx:\d[\w.-]*", gateway["image"])
+    (volume,) = gateway["volumes"]
+    source, target, mode = volume.split(":")
+    assert (REPO_ROOT / source).is_file()
+    assert mode == "ro"
+    command = gateway["command"]
+    assert command[command.index("-c") + 1] == target
+    assert command[-2:] == ["-g", "daemon off;"]
+
+
+def test_container_gateway_config_is_the_rendered_template() -> None:
+    expected = render_gateway_config("torchserve:8080", listen="0.0.0.0:8000")
+    shipped = (REPO_ROOT / "torchserve" / "nginx.container.conf").read_text()
+    assert shipped == expected, (
+        "torchserve/nginx.container.conf is stale: regenerate it with "
+        "render_gateway_config('torchserve:8080', listen='0.0.0.0:8000') from restar.serve_local"
+    )
+    container = (REPO_ROOT / "torchserve" / "config.container.properties").read_text()
+    assert "inference_address=http://0.0.0.0:8080" in container.splitlines()
+    assert "listen 127.0.0.1:8000;" in render_gateway_config("127.0.0.1:8080")  # loopback by default
