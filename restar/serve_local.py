@@ -249,3 +249,95 @@ def _wait_until_serving(server: LocalTorchServe, timeout: float) -> None:
     raise RuntimeError(
         f"TorchServe did not start serving:\n{(server.workdir / 'ts.log').read_text()[-4000:]}"
     )
+
+
+@dataclass
+class LocalMlflowServe:
+    """`mlflow models serve` (uvicorn, local env) on a free loopback port."""
+
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def predict(self, texts: list[str], timeout: float = 60) -> requests.Response:
+        body = {"dataframe_records": [{"text": text} for text in texts]}
+        return requests.post(f"{self.url}/invocations", json=body, timeout=timeout)
+
+    def memory_rss_mb(self) -> float:
+        """Resident memory of the `mlflow models serve` process and the uvicorn server it runs."""
+        return process_tree_rss_mb(self.process.pid)
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` and all its descendants, in MiB."""
+    root = psutil.Process(pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
+@contextmanager
+def mlflow_serve(
+    model_uri: str,
+    workdir: Path,
+    workers: int = 1,
+    request_timeout: int = 60,
+    ready_timeout: float = 180,
+    env: dict[str, str] | None = None,
+) -> Iterator[LocalMlflowServe]:
+    """Run `mlflow models serve -m model_uri --env-manager local` on a free loopback port; yield once
+    it answers a prediction; stop its process group after. MLflow's CLI runs a bare `uvicorn`, so the
+    venv's bin/ goes first on PATH."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (port,) = free_ports(1)
+    env = {**os.environ, **(env or {})}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    command = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        str(workers),
+        "-t",
+        str(request_timeout),
+    ]
+    log_path = workdir / "mlflow_serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        server = LocalMlflowServe(process, f"http://127.0.0.1:{port}", log_path)
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"mlflow models serve did not start serving:\n{log_path.read_text()[-4000:]}"
+                    )
+                try:
+                    if server.predict(["warm up"]).status_code == 200:
+                        break
+                except (requests.ConnectionError, requests.Timeout):
+                    pass
+                time.sleep(1)
+            yield server
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()

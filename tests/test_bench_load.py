@@ -1,0 +1,256 @@
+"""scripts/bench_load.py: its pure parts, and its wrk Lua script against a stub HTTP server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from restar.json_requests import parse_body
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import bench_load  # noqa: E402
+
+
+def test_bodies_file_round_trips_any_bytes() -> None:
+    bodies = [b"", b'{"text": "a\nb"}', b"\x00\xff\xfe", b"12\n34", b"x" * (1 << 20)]
+    bodies += bench_load.hostile_bodies().values()
+    assert bench_load.decode_bodies(bench_load.encode_bodies(bodies)) == bodies
+
+
+def test_good_bodies_escape_what_json_must() -> None:
+    text = 'She said "no"\n\\ \x01 caf\u00e9 \U0001f525 \ud800'
+    for body, unwrap in (
+        (bench_load.torchserve_body(text), lambda d: d["text"]),
+        (bench_load.mlflow_body(text), lambda d: d["dataframe_records"][0]["text"]),
+    ):
+        body.decode("ascii")  # ensure_ascii: no raw control characters or non-ASCII bytes on the wire
+        assert unwrap(json.loads(body)) == text
+
+
+@pytest.mark.parametrize("name", sorted(bench_load.hostile_bodies()))
+def test_every_hostile_body_breaks_the_request_contract(name: str) -> None:
+    """The handler's parser refuses each one with a 4xx (TorchServe refuses the > 1 MiB one itself)."""
+    parsed = parse_body(bench_load.hostile_bodies()[name])
+    assert 400 <= parsed.status < 500 and parsed.error
+
+
+def raw_wrk(**overrides) -> dict:
+    raw = {
+        "requests": 100,
+        "duration_us": 2_000_000,
+        "bytes": 1,
+        "latency_us": {
+            "min": 1000,
+            "mean": 20500.0,
+            "max": 90000,
+            "stdev": 1.0,
+            "percentiles": {"50": 20000, "90": 30000, "95": 40000, "99": 80000, "99.9": 90000},
+        },
+        "statuses": {"200": 95, "400": 3, "503": 2},
+        "valid_2xx": 94,
+        "invalid_2xx": 1,
+        "errors": {"connect": 0, "read": 1, "write": 0, "status": 5, "timeout": 2},
+    }
+    return {**raw, **overrides}
+
+
+def test_parse_wrk_output_finds_the_result_line() -> None:
+    result_line = bench_load.WRK_MARKER + json.dumps(raw_wrk())
+    stdout = f"Running 2s test @ http://x\n{result_line}\nLatency ...\n"
+    assert bench_load.parse_wrk_output(stdout) == raw_wrk()
+    with pytest.raises(ValueError, match="RESTAR_WRK_RESULT"):
+        bench_load.parse_wrk_output("Running 2s test\n")
+
+
+def test_summary_counts_non_2xx_socket_errors_and_bad_bodies_as_failed() -> None:
+    level = bench_load.summarize_wrk(raw_wrk(), clients=8)
+    assert (level["status_2xx"], level["status_4xx"], level["status_5xx"]) == (95, 3, 2)
+    assert level["ok"] == 94  # one 2xx lacked the expected body
+    assert level["failed"] == 103 - 94  # 100 answered + 1 read error + 2 timeouts, 94 good
+    assert level["failed_ratio"] == round(9 / 103, 5)
+    assert level["ok_rps"] == 47.0 and level["rps"] == 50.0
+    assert (level["latency_p50_ms"], level["latency_p99_ms"]) == (20.0, 80.0)
+
+
+def test_recovery_window_is_the_outage_after_the_kill() -> None:
+    records = [(t / 10, t / 10 + 0.05, 200) for t in range(50)]  # steady 200s until 5 s
+    records += [(4.9, 5.2, 507), (4.95, 5.2, 507)]  # the batch in flight when the worker died
+    records += [(5.0 + i / 100, 8.0, 200) for i in range(20)]  # queued, answered by the new worker
+    records += [(8.0 + t / 10, 8.05 + t / 10, 200) for t in range(20)]
+    summary = bench_load.recovery_summary(records, kill_at=5.1)
+    assert summary["recovered"] and summary["recovery_s"] == pytest.approx(2.9)
+    assert summary["failed"] == 2 and summary["failed_statuses"] == {"507": 2}
+    assert summary["recovery_window_failed"] == 2
+    assert summary["recovery_window_requests"] == 2 + 20  # in flight between 5.1 s and 8.0 s
+    unrecovered = bench_load.recovery_summary([(0.0, 0.1, 200), (0.5, 1.0, -1)], kill_at=0.4)
+    assert unrecovered["recovered"] is False and unrecovered["failed_ratio"] == 0.5
+
+
+def test_soak_growth_compares_first_and_last_windows() -> None:
+    samples = [(float(t), 1000.0 if t < 300 else 1060.0) for t in range(0, 600, 5)]
+    growth = bench_load.soak_growth(samples, warmup_s=30, window_s=60)
+    assert growth["first_window_mean_mb"] == 1000.0 and growth["last_window_mean_mb"] == 1060.0
+    assert growth["growth_ratio"] == pytest.approx(0.06)
+    with pytest.raises(ValueError, match="too short"):
+        bench_load.soak_growth([(0.0, 1.0), (1.0, 1.0)], warmup_s=30, window_s=60)
+
+
+def test_torchserve_counters_and_log_lines() -> None:
+    labels = '{model_name="restar",model_version="default",hostname="vm",}'
+    metrics = (
+        "# TYPE ts_inference_requests_total counter\n"
+        f"ts_inference_requests_total{labels} 10.0\n"
+        f"ts_inference_latency_microseconds{labels} 200000.0\n"
+        f"ts_queue_latency_microseconds{labels} 50000.0\n"
+        'HandlerTime{ModelName="restar",Level="Model",Hostname="vm",} 7.99\n'
+    )
+    after = bench_load.parse_prometheus(metrics)
+    assert "HandlerTime" not in after
+    delta = bench_load.prometheus_delta({}, after)
+    assert delta == {"requests": 10, "mean_inference_latency_ms": 20.0, "mean_queue_latency_ms": 5.0}
+    line = "W-9000-restar_5-stdout org.pytorch.serve.wlm.WorkerLifeCycle - result=[METRICS]{}|#Model\n"
+    log = (
+        line.format("HandlerTime.Milliseconds:8.0")
+        + line.format("PredictionTime.Milliseconds:9.0")
+        + "org.pytorch.serve.job.RestJob - Waiting time ns: 5000000, Backend time ns: 12000000\n" * 2
+    )
+    parsed = bench_load.parse_torchserve_log(log)
+    assert parsed == {
+        "waiting_ms_p50": 5.0,
+        "backend_ms_p50": 12.0,
+        "handler_ms_p50": 8.0,
+        "prediction_ms_p50": 9.0,
+        "mean_batch_size": 2.0,
+    }
+
+
+def test_missing_wrk_fails_with_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="apt-get install -y wrk"):
+        bench_load.main(["--wrk", str(tmp_path / "no-wrk"), "--output", str(tmp_path / "load.json")])
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    """200 with a label for a JSON object with a string text, 400 for anything else; records bodies."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as wrk's connections are
+    received: ClassVar[list[tuple[bytes, str | None]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append((body, self.headers.get("Authorization")))
+        parsed = parse_body(body)
+        status, answer = (200, {"label": "positive"}) if parsed.status == 200 else (400, {"error": "no"})
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def stub_server() -> Iterator[str]:
+    StubHandler.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/predictions/restar"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
+def test_lua_script_sends_every_body_byte_exact_and_counts_answers(
+    stub_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = [bench_load.torchserve_body(text) for text in ("Love it", "Broke \U0001f525", 'a "b"\n')]
+    hostile = [body for name, body in bench_load.hostile_bodies().items() if name != "over_1_mib"]
+    bodies = good + hostile
+    bodies_file = tmp_path / "bodies.bin"
+    bodies_file.write_bytes(bench_load.encode_bodies(bodies))
+    command = bench_load.wrk_command("wrk", stub_server, bodies_file, 2, 1, expect='"label"', timeout_s=5)
+    raw = bench_load.WrkRun(command, token="secret-key").result(timeout=60)
+
+    received = StubHandler.received
+    assert len(received) >= len(bodies)  # one second covers the whole rotation
+    assert {body for body, _ in received} == set(bodies)
+    assert {auth for _, auth in received} == {"Bearer secret-key"}
+    level = bench_load.summarize_wrk(raw, clients=2)
+    assert level["status_2xx"] + level["status_4xx"] == raw["requests"] and level["status_5xx"] == 0
+    assert level["invalid_2xx"] == 0 and level["ok"] == level["status_2xx"] > 0
+    share = len(hostile) / len(bodies)
+    assert level["status_4xx"] / raw["requests"] == pytest.approx(share, abs=0.05)
+    assert 0 < level["latency_p50_ms"] <= level["latency_p99_ms"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
+def test_every_phase_end_to_end_on_the_tiny_model(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few seconds of each phase against both servers: the report holds every number and plot."""
+    import mlflow
+    import pandas as pd
+
+    from registry.service import PRODUCTION, Registry
+    from restar.pyfunc import log_pyfunc
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        info = log_pyfunc(tiny_model_dir)
+    registry = Registry("restar", uri)
+    registry.set_alias(PRODUCTION, registry.register(info.model_uri, run.info.run_id, {}, {}).version)
+    texts = ["Love it, works perfectly.", "Broke after a day.", "It is okay.", "Great value \U0001f525"]
+    pd.DataFrame({"text": texts * 5}).to_parquet(tmp_path / "eval.parquet")
+    output = tmp_path / "bench" / "load.json"
+
+    report = bench_load.main(
+        ["--output", str(output), "--data", str(tmp_path / "eval.parquet"), "--texts", "20",
+         "--levels", "1", "4", "--seconds", "1", "--warmup-seconds", "1", "--pause", "0.2",
+         "--poison-clients", "4", "--soak-seconds", "3", "--soak-clients", "2", "--soak-interval", "0.2",
+         "--kill-clients", "4", "--kill-seconds", "6",
+         "--pyfunc-calls", "10", "--pyfunc-warmup", "2", "--predictor-rows", "20"]
+    )  # fmt: skip
+
+    assert json.loads(output.read_text()) == report
+    assert report["model"]["version"] == 1 and report["model"]["base_model"] is None
+    for name in ("torchserve", "mlflow"):
+        levels = report["servers"][name]["levels"]
+        assert [level["clients"] for level in levels] == [1, 4]
+        assert all(level["ok"] > 0 and level["failed"] == 0 and level["rss_peak_mb"] > 0 for level in levels)
+    torchserve = report["servers"]["torchserve"]
+    assert torchserve["registry_version"] == 1 and torchserve["model_config"]["batchSize"] == 8
+    assert torchserve["levels"][0]["torchserve_log"]["handler_ms_p50"] > 0
+    assert all(400 <= probe["status"] < 500 for probe in torchserve["hostile_probe"].values())
+    poison = torchserve["poison"]
+    assert (
+        poison["failed_good_requests"] == 0
+        and poison["hostile_5xx"] == 0
+        and poison["hostile"]["requests"] > 0
+    )
+    assert torchserve["worker_kill"]["recovered"] and torchserve["worker_kill"]["worker_respawned_s"] > 0
+    assert torchserve["soak"]["rss_growth"]["first_window_mean_mb"] > 0
+    assert set(report["targets"]) == {  # no 32-client level in this run: no throughput ratio
+        "p50_1_client_over_pyfunc_p50",
+        "poison_failed_good_requests",
+        "soak_rss_growth",
+        "worker_kill_failed_ratio_run",
+        "worker_kill_failed_ratio_recovery_window",
+    }
+    for suffix in (".png", "_soak.png", "_kill.png"):
+        assert output.with_name(f"load{suffix}").stat().st_size > 0
