@@ -73,20 +73,50 @@ class VersionInfo:
         )
 
 
+UNREACHABLE_TEXT = ("Max retries exceeded", "Connection refused", "Connection aborted", "timed out")
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """A connection failure (refused, dropped before the answer, timed out), however MLflow wrapped it."""
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    return any(text in str(exc) for text in UNREACHABLE_TEXT)
+
+
+def unreachable(uri: str, exc: BaseException) -> RegistryUnavailable:
+    detail = exc.message if isinstance(exc, MlflowException) else str(exc)
+    return RegistryUnavailable(f"the MLflow registry at {uri} is unreachable: {detail}")
+
+
+def ensure_reachable(uri: str) -> None:
+    """Raise RegistryUnavailable unless a tracking/registry server at `uri` answers /health
+    (local stores always pass): callers fail fast, before any work."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+    except requests.RequestException as exc:
+        raise unreachable(uri, exc) from exc
+
+
 def _translate_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """MLflow and HTTP errors become RegistryUnavailable / VersionNotFound / RegistryError."""
+    """MLflow and HTTP errors become RegistryUnavailable (naming the registry) / VersionNotFound /
+    RegistryError."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except requests.exceptions.ConnectionError as exc:
-            raise RegistryUnavailable(f"the MLflow registry is unreachable: {exc}") from exc
+        except RegistryError:
+            raise
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise unreachable(args[0].tracking_uri, exc) from exc
         except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            if exc.error_code in NOT_FOUND_CODES:
                 raise VersionNotFound(exc.message) from exc
-            if "Max retries exceeded" in exc.message or "Connection refused" in exc.message:
-                raise RegistryUnavailable(f"the MLflow registry is unreachable: {exc.message}") from exc
+            if is_unreachable(exc):
+                raise unreachable(args[0].tracking_uri, exc) from exc
             raise RegistryError(exc.message) from exc
 
     return wrapper
@@ -102,14 +132,7 @@ class Registry:
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def _check_reachable(self) -> None:
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return
-        try:
-            requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=10).raise_for_status()
-        except requests.RequestException as exc:
-            raise RegistryUnavailable(
-                f"the MLflow server at {self.tracking_uri} is unreachable: {exc}"
-            ) from exc
+        ensure_reachable(self.tracking_uri)
 
     @_translate_errors
     def register(
@@ -153,6 +176,8 @@ class Registry:
         try:
             return VersionInfo.from_mlflow(self.client.get_model_version_by_alias(self.model_name, str(ref)))
         except MlflowException as exc:
+            if is_unreachable(exc):  # a registry that is down must not read as "no such alias"
+                raise
             raise VersionNotFound(f"registered model {self.model_name!r} has no alias {ref!r}") from exc
 
     @_translate_errors

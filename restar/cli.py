@@ -15,6 +15,8 @@ from restar.config import ConfigError, load_freeze_config, load_run_config
 
 logger = logging.getLogger("restar")
 
+EXIT_OUTPUT = 6  # an output could not be written (disk full, read-only, no permission); nothing was left
+
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
@@ -39,13 +41,19 @@ def report(result: dict, as_json: bool) -> None:
         click.echo(f"{key}: {json.dumps(value, default=str) if isinstance(value, dict | list) else value}")
 
 
+class OutputCommandError(click.ClickException):
+    exit_code = EXIT_OUTPUT
+
+
 def user_errors(command: Callable) -> Callable:
-    """Turn the service layer's own errors into a one-line message and exit code 1 (3 for the registry)."""
+    """Turn the service layer's own errors into a one-line message and exit code 1 (3 for the registry,
+    6 for an output that could not be written)."""
     from registry.cli import RegistryCommandError
     from registry.service import RegistryError
     from restar.export_torchserve import ExportError
     from restar.fetch_model import ModelSourceError
     from restar.freeze import DataSourceError
+    from restar.output_files import OutputWriteError
     from restar.predictor import PredictorError
 
     @functools.wraps(command)
@@ -56,6 +64,8 @@ def user_errors(command: Callable) -> Callable:
             raise click.ClickException(str(exc)) from exc
         except RegistryError as exc:
             raise RegistryCommandError(str(exc)) from exc
+        except OutputWriteError as exc:
+            raise OutputCommandError(str(exc)) from exc
 
     return wrapper
 
@@ -216,9 +226,11 @@ def train_command(
 
     Example: restar train --config configs/smoke.yaml
     """
+    from restar.tracking import configure_tracking
     from restar.train import train
 
     config = load_run_config(config_path)
+    configure_tracking()  # an unreachable tracking server stops here, before train.log is written
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = logging.FileHandler(out_dir / "train.log", mode="w")
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -324,15 +336,24 @@ def evaluate_command(model_dir: Path, data_dir: Path, out_dir: Path, as_json: bo
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Rows per model call."
 )
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=50_000,
+    show_default=True,
+    help="Rows read, predicted and written at a time (memory stays flat however long the input).",
+)
 @user_errors
-def predict_command(input_path: Path, output_path: Path, model_uri: str, batch_size: int) -> None:
+def predict_command(
+    input_path: Path, output_path: Path, model_uri: str, batch_size: int, chunk_rows: int
+) -> None:
     """Predict label, confidence, p_neg, p_neu and p_pos for every input row.
 
     Example: restar predict --input reviews.csv --output predictions.parquet
     """
     from restar.predictor import predict_file
 
-    rows = predict_file(input_path, output_path, model_uri, batch_size=batch_size)
+    rows = predict_file(input_path, output_path, model_uri, batch_size=batch_size, chunk_rows=chunk_rows)
     click.echo(f"wrote {rows} predictions to {output_path}")
 
 

@@ -90,6 +90,7 @@ def reference_accuracy(model_dir: Path, frame: pd.DataFrame, accuracy: float) ->
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]:
     """Write metrics_eval.json and plots/*.png under out_dir and log them to the training run."""
+    configure_tracking()  # an unreachable tracking server stops here, before any work
     core = InferenceCore.from_dir(model_dir, batch_size=64)
     frame = pd.read_parquet(data_dir / "eval.parquet")
     labels = frame["label"].to_numpy()
@@ -110,7 +111,6 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]
     plot_reliability(raw, calibrated, labels, core.metadata, plots_dir / "reliability.png")
     (out_dir / "metrics_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    configure_tracking()
     run_id = read_run_record(out_dir / "mlflow_run.json")["run_id"]
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)

@@ -112,15 +112,17 @@ def load_predict_fn(model_uri: str) -> PredictFn:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from registry.service import is_unreachable, unreachable
     from restar.tracking import configure_tracking
 
-    configure_tracking()
+    uri = configure_tracking()  # an unreachable registry fails here, as RegistryUnavailable
     try:
         model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as exc:
-        raise PredictorError(f"cannot load model {model_uri}: {exc.message}") from exc
-    except OSError as exc:  # includes connection errors to an unreachable tracking server
-        raise PredictorError(f"cannot load model {model_uri}: {exc}") from exc
+    except (MlflowException, OSError) as exc:  # OSError: the connection broke during the download
+        if is_unreachable(exc):
+            raise unreachable(uri, exc) from exc
+        detail = exc.message if isinstance(exc, MlflowException) else str(exc)
+        raise PredictorError(f"cannot load model {model_uri}: {detail}") from exc
 
     def predict(texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame:
         columns = {TEXT_COLUMN: list(texts)}

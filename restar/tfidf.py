@@ -89,6 +89,7 @@ def fit(frame: pd.DataFrame, config: BaselineConfig) -> TfidfScorer:
 
 def train_baseline(config: RunConfig, config_path: Path, data_dir: Path, out_dir: Path) -> dict:
     """Fit, calibrate on dev, save to out_dir/model, write metrics_dev.json and log an MLflow run."""
+    tracking_uri = configure_tracking()  # an unreachable tracking server stops here, before any work
     train_frame = pd.read_parquet(data_dir / "train.parquet")
     dev_frame = pd.read_parquet(data_dir / "dev.parquet")
     data_stats = json.loads((data_dir / "stats.json").read_text())
@@ -122,7 +123,6 @@ def train_baseline(config: RunConfig, config_path: Path, data_dir: Path, out_dir
         staging.rename(model_dir)
     (out_dir / "metrics_dev.json").write_text(json.dumps(dev_metrics, indent=2) + "\n")
 
-    tracking_uri = configure_tracking()
     with mlflow.start_run(
         experiment_id=experiment_id(config.tracking.experiment), run_name=f"{config.name}-baseline"
     ) as run:

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import mlflow
 
+from registry.service import ensure_reachable
 from registry.store import tracking_uri
 
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 
 
 def configure_tracking() -> str:
-    """Point MLflow at the configured store and return its URI."""
+    """Point MLflow at the configured store and return its URI; an unreachable tracking server raises
+    RegistryUnavailable here, before any work."""
     uri = tracking_uri()
+    ensure_reachable(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -84,6 +84,7 @@ def train(
     `work_dir` keeps the checkpoints of an unfinished run (a rerun resumes from them) and the layer cache.
     """
     settings = config.train
+    tracking_uri = configure_tracking()  # an unreachable tracking server stops here, before any work
     logger.info("config %s: %s", config_path, config.model_dump_json())
     set_seed(settings.seed)
     if settings.threads:
@@ -104,7 +105,6 @@ def train(
     tokenizer, model = load_encoder(pretrained_dir)
     base_model = json.loads((pretrained_dir / "restar_pretrained.json").read_text())
 
-    tracking_uri = configure_tracking()
     checkpoints = checkpoint_dir(settings, pretrained_dir, [train_frame, dev_frame], work_dir)
     with mlflow.start_run(
         run_id=resumable_run_id(checkpoints),

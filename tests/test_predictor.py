@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from registry.service import RegistryUnavailable
 from restar.inference import InferenceCore
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
 from restar.predictor import PredictorError, predict_file
@@ -130,7 +131,7 @@ def test_unreachable_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     input_path = write_input(hard_frame(), tmp_path / "in.csv")
-    with pytest.raises(PredictorError, match="cannot load model"):
+    with pytest.raises(RegistryUnavailable, match=r"registry at http://127\.0\.0\.1:9 is unreachable"):
         predict_file(input_path, tmp_path / "out.csv", "models:/restar@production", progress=False)
     assert not (tmp_path / "out.csv").exists()
 
