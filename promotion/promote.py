@@ -1,6 +1,16 @@
 """Promote, force and roll back the `production` alias: gates first, then compare-and-set under a lock.
 
 Every attempt leaves one audit record, whatever its outcome.
+
+The alias lives in the MLflow registry and the record in the audit database, and no transaction spans
+both; the registry (or this process) may die between the two writes, or after the registry moved the
+alias but before its answer arrived. So a move is written ahead: under the lock the record is first
+written `pending`, then the alias is set, then the record becomes `moved`. A record therefore claims a
+move (`moved`) only once the registry confirmed it. A record left `pending` (the connection was lost
+mid-move: the move may or may not have happened) is settled by the next promote, rollback or status
+under the same lock, from what the registry then says the alias holds: `moved` if it holds the
+record's version, else `aborted`. Tags on the version (`restar.<alias>.*`) only mirror the audit log
+for the MLflow UI: failing to write them is a warning.
 """
 
 from __future__ import annotations
@@ -11,13 +21,14 @@ import logging
 import os
 import socket
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from promotion.gates import Gate, GateResult
 from promotion.policy import Policy, build_gates
-from registry.audit import AuditLog
-from registry.service import STAGING, Registry, VersionInfo, VersionNotFound
+from registry.audit import AuditLog, AuditRecord
+from registry.service import STAGING, Registry, RegistryError, RegistryUnavailable, VersionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +50,7 @@ class Decision:
     """What happened to one promotion attempt."""
 
     action: str  # promote | force | rollback | dry_run
-    decision: str  # moved | rejected | aborted | unchanged | passed (dry run)
+    decision: str  # moved | rejected | aborted | unchanged | passed (dry run) | pending (mid-move)
     model: str
     alias: str
     version: int
@@ -131,6 +142,7 @@ class Promoter:
 
     def rollback(self, reason: str = "") -> Decision:
         """Return the alias to the version it held before the current one, per the audit log."""
+        self.settle()
         current = self.registry.alias_version(self.alias)
         if current is None:
             raise NothingToRollBack(f"{self.registry.model_name} has no {self.alias!r} alias to roll back")
@@ -154,11 +166,33 @@ class Promoter:
         self._move(decision)
         return decision
 
+    def _lock(self) -> AbstractContextManager[None]:
+        holder = f"{self.actor}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        return self.audit.lock(self.registry.model_name, holder)
+
+    def settle(self) -> None:
+        """Settle the records an interrupted move left `pending` (see the module docstring)."""
+        with self._lock():
+            self._settle_pending()
+
+    def _settle_pending(self) -> None:
+        """Under the lock, so no move is in flight: the registry says whether each announced move happened."""
+        for record in self.audit.pending(self.registry.model_name, self.alias):
+            holder = self.registry.alias_version(self.alias)
+            held = holder.version if holder else None
+            outcome = "moved" if held == record.version else "aborted"
+            note = (
+                f"[connection to the registry lost mid-move; settled by {self.actor}: "
+                f"{self.alias} held v{held}]"
+            )
+            self.audit.settle(record.id, outcome, f"{record.reason} {note}".strip())
+            logger.warning("interrupted move of %s to v%s settled: %s", self.alias, record.version, outcome)
+
     def _move(self, decision: Decision) -> None:
         """Compare-and-set under the model's lock: move only if the alias still holds the version it
-        held when the gates started (`decision.previous_version`)."""
-        holder = f"{self.actor}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-        with self.audit.lock(self.registry.model_name, holder):
+        held when the gates started (`decision.previous_version`); the move is written ahead."""
+        with self._lock():
+            self._settle_pending()
             current = self.registry.alias_version(self.alias)
             current_version = current.version if current else None
             if current_version != decision.previous_version:
@@ -169,12 +203,33 @@ class Promoter:
                 ).strip()
                 self._record(decision)
                 raise PromotionConflict(decision.reason)
-            self.registry.set_alias(self.alias, decision.version)
+            decision.decision = "pending"
+            record = self._write_audit(decision)
+            self._set_alias(decision, record)
             decision.decision = "moved"
-            self._record(decision)
+            self.audit.settle(record.id, "moved")
+        self._tag(decision)
+
+    def _set_alias(self, decision: Decision, record: AuditRecord) -> None:
+        try:
+            self.registry.set_alias(self.alias, decision.version)
+        except RegistryUnavailable as exc:  # the move may have happened: the record stays pending
+            raise RegistryUnavailable(
+                f"{exc} (the move of {self.alias} to v{decision.version} is recorded as pending: the next "
+                "restar-promote, or restar-promote status, settles it once the registry answers)"
+            ) from exc
+        except RegistryError as exc:  # the registry answered: nothing moved
+            decision.decision = "aborted"
+            decision.reason = f"{decision.reason} [registry refused the move: {exc}]".strip()
+            self.audit.settle(record.id, "aborted", decision.reason)
+            raise
 
     def _record(self, decision: Decision) -> None:
-        self.audit.record(
+        self._write_audit(decision)
+        self._tag(decision)
+
+    def _write_audit(self, decision: Decision) -> AuditRecord:
+        return self.audit.record(
             model_name=decision.model,
             alias=decision.alias,
             version=decision.version,
@@ -185,6 +240,8 @@ class Promoter:
             actor=self.actor,
             reason=decision.reason,
         )
+
+    def _tag(self, decision: Decision) -> None:
         try:
             self.registry.set_tags(
                 decision.version,
@@ -194,11 +251,12 @@ class Promoter:
                     f"restar.{self.alias}.policy": self.policy.name,
                 },
             )
-        except VersionNotFound:
-            logger.warning("could not tag version %s", decision.version)
+        except RegistryError as exc:
+            logger.warning("v%s not tagged (the audit log has the decision): %s", decision.version, exc)
 
     def status(self, limit: int = 10) -> dict[str, Any]:
         """Aliases now, recent decisions, and a warning when the alias moved outside restar-promote."""
+        self.settle()
         versions = self.registry.versions()
         aliases = {alias: v.version for v in versions for alias in v.aliases}
         last = self.audit.last_move(self.registry.model_name, self.alias)

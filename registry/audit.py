@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, delete, inspect, select
+from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, delete, inspect, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -43,7 +43,8 @@ class AuditRecord(Base):
     version: Mapped[int] = mapped_column(Integer)
     previous_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     action: Mapped[str] = mapped_column(String(32))  # promote | force | rollback | dry_run
-    decision: Mapped[str] = mapped_column(String(32))  # moved | rejected | aborted | passed
+    # moved | rejected | aborted | passed | unchanged; pending: a move announced, not yet confirmed
+    decision: Mapped[str] = mapped_column(String(32))
     gate_results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     actor: Mapped[str] = mapped_column(String(256))
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -142,6 +143,25 @@ class AuditLog:
         )
         with Session(self.engine, expire_on_commit=False) as session:
             return session.scalars(query).first()
+
+    def pending(self, model_name: str, alias: str) -> list[AuditRecord]:
+        """Moves announced but never confirmed (the registry or the process died mid-move), oldest first."""
+        query = (
+            select(AuditRecord)
+            .where(AuditRecord.model_name == model_name, AuditRecord.alias == alias)
+            .where(AuditRecord.decision == "pending")
+            .order_by(AuditRecord.id)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    def settle(self, record_id: int, decision: str, reason: str | None = None) -> None:
+        """Give a pending record its outcome (and, optionally, a new reason)."""
+        values: dict[str, Any] = {"decision": decision}
+        if reason is not None:
+            values["reason"] = reason
+        with self.engine.begin() as connection:
+            connection.execute(update(AuditRecord).where(AuditRecord.id == record_id).values(**values))
 
     @contextmanager
     def lock(
