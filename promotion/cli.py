@@ -1,7 +1,8 @@
 """`restar-promote`: gate a version into `production`, force, roll back, or show the status.
 
 Exit codes: 0 done, 1 a gate failed (nothing moved), 2 bad usage, 3 registry problem (unknown
-version, no `staging`, registry unreachable), 4 a concurrent promotion got there first.
+version, no `staging`, registry unreachable), 4 a concurrent promotion got there first, 5 the registry
+refused the login or the permission (MLflow's basic-auth app; nothing moved).
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ from promotion.policy import PolicyError, load_policy
 from promotion.promote import Decision, NothingToRollBack, Promoter, PromotionConflict
 from registry.audit import AuditLog, LockTimeout
 from registry.cli import EXIT_REGISTRY, json_option, table
-from registry.service import Registry, RegistryError
+from registry.service import Registry, RegistryAuthError, RegistryError
 
 EXIT_REJECTED = 1
 EXIT_CONFLICT = 4
+EXIT_AUTH = 5
 
 
 class PromoteError(click.ClickException):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def registry_failure(exc: RegistryError) -> PromoteError:
+    return PromoteError(str(exc), EXIT_AUTH if isinstance(exc, RegistryAuthError) else EXIT_REGISTRY)
 
 
 def open_promoter(policy_path: Path, audit_url: str | None, actor: str | None = None) -> Promoter:
@@ -36,7 +42,7 @@ def open_promoter(policy_path: Path, audit_url: str | None, actor: str | None = 
     except PolicyError as exc:
         raise PromoteError(str(exc), 2) from exc
     except RegistryError as exc:
-        raise PromoteError(str(exc), EXIT_REGISTRY) from exc
+        raise registry_failure(exc) from exc
 
 
 def gate_table(decision: Decision) -> str:
@@ -97,7 +103,9 @@ def execute(
         return promoter.promote(version, dry_run=dry_run, force=force, reason=reason)
     except (PromotionConflict, LockTimeout) as exc:
         raise PromoteError(str(exc), EXIT_CONFLICT) from exc
-    except (RegistryError, NothingToRollBack) as exc:
+    except RegistryError as exc:
+        raise registry_failure(exc) from exc
+    except NothingToRollBack as exc:
         raise PromoteError(str(exc), EXIT_REGISTRY) from exc
 
 
@@ -185,7 +193,7 @@ def status_command(policy_path: Path, audit_url: str | None, limit: int, as_json
     try:
         status = open_promoter(policy_path, audit_url).status(limit)
     except RegistryError as exc:
-        raise PromoteError(str(exc), EXIT_REGISTRY) from exc
+        raise registry_failure(exc) from exc
     if as_json:
         click.echo(json.dumps(status, indent=2, default=str))
         return

@@ -105,7 +105,7 @@ class Promoter:
         self.audit = audit
         self.policy = policy
         self.alias = policy.alias
-        self.actor = actor or default_actor()
+        self.actor = actor or registry.user or default_actor()  # the server-authenticated user first
         self.gates = build_gates(policy)
 
     def promote(

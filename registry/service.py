@@ -7,6 +7,7 @@ same code runs against the embedded SQLite store and a `mlflow server` over HTTP
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import ParamSpec, TypeVar
@@ -15,6 +16,8 @@ import requests
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 
 from registry.store import tracking_uri as default_tracking_uri
 
@@ -36,6 +39,10 @@ class RegistryUnavailable(RegistryError):
 
 class VersionNotFound(RegistryError):
     """No such registered model, version or alias."""
+
+
+class RegistryAuthError(RegistryError):
+    """The server refused this process: no login, wrong credentials, or no permission for the request."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,51 @@ def ensure_reachable(uri: str) -> None:
         raise unreachable(uri, exc) from exc
 
 
+USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+AUTH_ERROR_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # HTTP 401, 403
+CURRENT_USER_ENDPOINT = "/api/2.0/mlflow/users/current"  # served by MLflow's auth apps only
+
+
+def login_refused(uri: str) -> RegistryAuthError:
+    user = os.environ.get(USERNAME_ENV)
+    if user:
+        return RegistryAuthError(
+            f"the MLflow server at {uri} refused the login of user {user!r} (HTTP 401): "
+            "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    return RegistryAuthError(
+        f"the MLflow server at {uri} requires a login (HTTP 401): "
+        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    )
+
+
+def permission_denied(uri: str, model_name: str, user: str | None) -> RegistryAuthError:
+    return RegistryAuthError(
+        f"the MLflow server at {uri} denied user {user or 'anonymous'!r} this request on registered model "
+        f"{model_name!r} (HTTP 403): moving an alias needs EDIT on the model, granted by an MLflow admin"
+    )
+
+
+def authenticated_user(uri: str) -> str | None:
+    """The user that an MLflow server with an auth app (`mlflow server --app-name basic-auth`)
+    authenticates from this process's credentials (MLFLOW_TRACKING_USERNAME / _PASSWORD or
+    MLFLOW_TRACKING_TOKEN); None for a local store or a server without an auth app."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        response = http_request(
+            get_default_host_creds(uri), CURRENT_USER_ENDPOINT, "GET", max_retries=0, timeout=10
+        )
+    except (requests.RequestException, MlflowException) as exc:
+        raise unreachable(uri, exc) from exc
+    if response.status_code == 404:
+        return None
+    if response.status_code == 401:
+        raise login_refused(uri)
+    response.raise_for_status()
+    return str(response.json()["user"]["username"])
+
+
 def _translate_errors(method: Callable[P, R]) -> Callable[P, R]:
     """MLflow and HTTP errors become RegistryUnavailable (naming the registry) / VersionNotFound /
     RegistryError."""
@@ -117,6 +169,11 @@ def _translate_errors(method: Callable[P, R]) -> Callable[P, R]:
                 raise VersionNotFound(exc.message) from exc
             if is_unreachable(exc):
                 raise unreachable(args[0].tracking_uri, exc) from exc
+            if exc.error_code == "UNAUTHENTICATED":
+                raise login_refused(args[0].tracking_uri) from exc
+            if exc.error_code == "PERMISSION_DENIED":
+                registry = args[0]
+                raise permission_denied(registry.tracking_uri, registry.model_name, registry.user) from exc
             raise RegistryError(exc.message) from exc
 
     return wrapper
@@ -129,6 +186,7 @@ class Registry:
         self.model_name = model_name
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self._check_reachable()
+        self.user = authenticated_user(self.tracking_uri)  # None without an auth app
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def _check_reachable(self) -> None:
@@ -176,7 +234,7 @@ class Registry:
         try:
             return VersionInfo.from_mlflow(self.client.get_model_version_by_alias(self.model_name, str(ref)))
         except MlflowException as exc:
-            if is_unreachable(exc):  # a registry that is down must not read as "no such alias"
+            if is_unreachable(exc) or exc.error_code in AUTH_ERROR_CODES:  # not "no such alias"
                 raise
             raise VersionNotFound(f"registered model {self.model_name!r} has no alias {ref!r}") from exc
 
