@@ -2,9 +2,10 @@
 FROM python:3.11.7-slim-bookworm
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
-RUN pip install mlflow==3.17.2 psycopg2-binary==2.9.10 \
+# mlflow[auth]: Flask-WTF for the basic-auth app (docker-compose profile `auth`); /mlflow-auth holds its users.
+RUN pip install "mlflow[auth]==3.17.2" psycopg2-binary==2.9.10 \
     && useradd --create-home --uid 10001 mlflow \
-    && mkdir -p /mlartifacts && chown mlflow:mlflow /mlartifacts
+    && mkdir -p /mlartifacts /mlflow-auth && chown mlflow:mlflow /mlartifacts /mlflow-auth
 USER 10001
 EXPOSE 5000
 # The backend URI (with credentials) comes from the environment, set by docker-compose from .env.

@@ -82,7 +82,7 @@ def test_compose_matches_the_compose_spec() -> None:
 def test_compose_services_are_healthy_local_and_secret_free() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "mlflow", "torchserve", "gateway", "predictor"}
+    assert set(services) == {"postgres", "mlflow", "mlflow-auth", "torchserve", "gateway", "predictor"}
     for name in ("postgres", "mlflow", "torchserve"):
         assert "healthcheck" in services[name], name
     for name, service in services.items():
