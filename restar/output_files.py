@@ -32,7 +32,9 @@ def is_disk_full(exc: BaseException) -> bool:
     """True when `exc`, or an exception it was raised from, says the disk (or quota, or size limit) is
     full. Libraries that wrap OSError (pyarrow, MLflow, a subprocess's output) may keep only the text."""
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(20):  # a chain is short; the bound only guards against a cycle
+        if seen is None:
+            break
         if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
             return True
         if any(text in str(seen) for text in DISK_FULL_TEXT):
@@ -56,7 +58,7 @@ def write_error(path: Path, exc: BaseException) -> OutputWriteError:
 def _open_temp(target: Path) -> tuple[BinaryIO, Path | None]:
     """A writable temporary file in `target`'s directory: unnamed where possible, else a hidden name."""
     flag = getattr(os, "O_TMPFILE", 0)
-    if flag:
+    if flag and os.path.isdir("/proc/self/fd"):  # naming the file at the end goes through /proc
         try:
             fd = os.open(target.parent, flag | os.O_WRONLY, 0o666)
             return os.fdopen(fd, "wb"), None

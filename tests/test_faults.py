@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from restar.cli import cli as restar_cli
 from restar.config import BaselineConfig
 from restar.inference import ModelMetadata
 from restar.labels import LABELS, rating_to_label
+from restar.output_files import atomic_file
 from restar.pyfunc import log_pyfunc
 from restar.serve_local import free_ports
 from restar.tfidf import KIND, fit
@@ -139,11 +141,12 @@ def test_registry_killed_during_promotion(kill: str, registry_server: MlflowServ
 
     with KillingProxy(registry_server, kill_point) as proxy:
         code, output = restar_promote(proxy.url, registry_server, "--version", str(candidate))
+    registry_server.start()  # a new process on the same SQLite backend and artifact store
     assert proxy.killed.is_set(), f"the kill point was never reached: {proxy.seen}"
     assert code == EXIT_REGISTRY, output
     assert f"registry at {proxy.url} is unreachable" in output
+    assert ("recorded as pending" in output) == (rows_after_kill == ["pending"])
 
-    registry_server.start()  # a new process on the same SQLite backend and artifact store
     after = registry_state(registry_server)
     assert after["versions"] == before["versions"]  # every version and tag intact
     expected_aliases = {**before["aliases"], "production": str(candidate)} if moves else before["aliases"]
@@ -223,6 +226,31 @@ def test_predictor_killed_mid_run_leaves_nothing_and_a_rerun_completes(
     assert len(answered) == len(rows)
     assert answered["text"].tolist() == rows["text"].tolist()  # every row, in input order
     assert answered["label"].notna().all()
+
+
+# --- atomic outputs, with and without unnamed temporary files ---------------------------------------
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named-temp"])
+def test_atomic_file_publishes_whole_or_nothing(
+    unnamed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not unnamed:  # as on a kernel or file system without unnamed files
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    target = tmp_path / "out.csv"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_file(target) as handle:
+        handle.write(b"half of the new")
+        raise RuntimeError("the model failed")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.csv"]
+    with atomic_file(target) as handle:
+        handle.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["out.csv"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == (0o666 & ~umask if unnamed else 0o644)
 
 
 # --- a full disk during predict and export -----------------------------------------------------------
