@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from ts.context import Context, RequestProcessor
 
 from restar.fetch_model import packaged_encoder_dir
 from restar.inference import ModelMetadata
@@ -37,3 +41,29 @@ def strict_json(text: str) -> object:
         raise ValueError(f"{name} is not JSON")
 
     return json.loads(text, parse_constant=refuse)
+
+
+HANDLER_FILE = Path(__file__).resolve().parents[1] / "torchserve" / "handler.py"
+
+
+def load_handler(model_dir: Path, workdir: Path, version: str = "1"):
+    """torchserve/handler.py's RestarHandler, initialized as TorchServe would on a copy of `model_dir`.
+    Its initialize sets TS_DECODE_INPUT_REQUEST in os.environ: call it under a MonkeyPatch that
+    sets that variable, so it is restored after."""
+    archive_dir = workdir / "model"
+    shutil.copytree(model_dir, archive_dir)
+    (archive_dir / "registry.json").write_text(json.dumps({"version": version}))
+    spec = importlib.util.spec_from_file_location("restar_ts_handler", HANDLER_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = module.RestarHandler()
+    handler.initialize(batch_context(archive_dir, 1))
+    return handler, archive_dir
+
+
+def batch_context(model_dir: Path, size: int) -> Context:
+    """TorchServe's own Context for a batch of `size` JSON requests (metrics are dropped)."""
+    context = Context("restar", str(model_dir), {}, size, None, "0.12.0")
+    context.metrics = SimpleNamespace(add_time=lambda *args, **kwargs: None)
+    context.request_processor = [RequestProcessor({"Content-Type": "application/json"}) for _ in range(size)]
+    return context

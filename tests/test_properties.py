@@ -3,25 +3,20 @@ inference core never let an exception out, answer one row per input, and agree w
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ts.context import Context, RequestProcessor
 
 from restar.inference import InferenceCore
 from restar.json_requests import MAX_TEXTS, parse_body
 from restar.labels import ABSTAIN
-from tests.helpers import strict_json
+from tests.helpers import batch_context, load_handler, strict_json
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBS = ["p_neg", "p_neu", "p_pos"]
 SLOW_OK = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -102,26 +97,9 @@ def test_the_core_answers_every_row_and_agrees_with_its_threshold(core, texts, t
 @pytest.fixture(scope="module")
 def handler(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The real TorchServe handler on the tiny model, with TorchServe's own Context."""
-    model_dir = tmp_path_factory.mktemp("handler") / "model"
-    shutil.copytree(tiny_model_dir, model_dir)
-    (model_dir / "registry.json").write_text(json.dumps({"version": "1"}))
-    spec = importlib.util.spec_from_file_location(
-        "restar_ts_handler", REPO_ROOT / "torchserve" / "handler.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TS_DECODE_INPUT_REQUEST", "false")  # initialize sets it; restored after the module
-        instance = module.RestarHandler()
-        instance.initialize(batch_context(model_dir, 1))
-        yield instance, model_dir
-
-
-def batch_context(model_dir: Path, size: int) -> Context:
-    context = Context("restar", str(model_dir), {}, size, None, "0.12.0")
-    context.metrics = SimpleNamespace(add_time=lambda *args, **kwargs: None)
-    context.request_processor = [RequestProcessor({"Content-Type": "application/json"}) for _ in range(size)]
-    return context
+        patch.setenv("TS_DECODE_INPUT_REQUEST", "false")
+        yield load_handler(tiny_model_dir, tmp_path_factory.mktemp("handler"))
 
 
 @given(st.lists(bodies, min_size=1, max_size=8))

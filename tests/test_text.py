@@ -1,6 +1,6 @@
 """The one text preparation, and the serving side's use of it: JSON requests and the TorchServe handler."""
 
-import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +8,9 @@ import pytest
 
 from restar.config import CleanConfig
 from restar.freeze import clean_rows
-from restar.inference import InferenceCore
 from restar.json_requests import parse_body
 from restar.text import clean_markup, compose_text, prepare_text, prepare_texts
+from tests.helpers import batch_context, load_handler, strict_json
 from tests.upstream_rows import markup_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,22 +124,17 @@ def test_bad_titles_and_texts_name_the_problem(body: dict, status: int, message:
 
 
 @pytest.fixture(scope="module")
-def handler(tiny_model_dir: Path):
+def handler(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The TorchServe handler, loaded from torchserve/handler.py, around the tiny model."""
-    spec = importlib.util.spec_from_file_location(
-        "restar_ts_handler", REPO_ROOT / "torchserve" / "handler.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    handler = module.RestarHandler()
-    handler.core = InferenceCore.from_dir(tiny_model_dir)
-    handler.model_version = 1
-    return handler
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TS_DECODE_INPUT_REQUEST", "false")
+        yield load_handler(tiny_model_dir, tmp_path_factory.mktemp("handler"))
 
 
 def answer(handler, bodies: list) -> list:
-    requests = handler.preprocess([{"body": body} for body in bodies])
-    return handler.postprocess(handler.inference(requests))
+    handler, model_dir = handler
+    batch = [{"body": json.dumps(body).encode()} for body in bodies]
+    return [strict_json(out) for out in handler.handle(batch, batch_context(model_dir, len(bodies)))]
 
 
 def test_handler_prepares_upstream_rows_as_freeze_does(handler) -> None:
@@ -154,16 +149,16 @@ def test_handler_prepares_upstream_rows_as_freeze_does(handler) -> None:
             {"text": "Love it!", "title": "Five Stars"},
         ],
     )
-    expected = handler.core.probabilities([prepared, "Love it !", "Love it!"])
+    expected = handler[0].core.probabilities([prepared, "Love it !", "Love it!"])
     np.testing.assert_allclose([single[p] for p in PROBS], expected[0], atol=1e-6)
     np.testing.assert_allclose([listed[0][p] for p in PROBS], expected[0], atol=1e-6)
     np.testing.assert_allclose([listed[1][p] for p in PROBS], expected[1], atol=1e-6)
     np.testing.assert_allclose([plain[p] for p in PROBS], expected[0], atol=1e-6)
     np.testing.assert_allclose([rating_title[p] for p in PROBS], expected[2], atol=1e-6)
-    assert single["model_version"] == 1
+    assert single["model_version"] == "1"
 
 
 def test_handler_abstains_on_markup_without_words(handler) -> None:
     (row,) = answer(handler, [{"text": "<br /><br />", "title": "Great"}])
     assert row["label"] == "abstain"
-    assert np.isnan(row["p_pos"])
+    assert row["p_pos"] is None
