@@ -446,22 +446,37 @@ class LogSlice:
         pass
 
     def read(self) -> str:
+        return self._read_from(self.offset)
+
+    def read_new(self) -> str:
+        """What the file gained since the last read_new() (since __enter__ at first)."""
+        position = getattr(self, "position", self.offset)
+        text = self._read_from(position)
+        self.position = position + len(text.encode("utf-8", errors="surrogateescape"))
+        return text
+
+    def _read_from(self, offset: int) -> str:
         if not self.path.exists():
             return ""
         with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            return handle.read().decode("utf-8", errors="replace")
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="surrogateescape")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Worker kill: per-request timestamps from a threaded client
 
 
-def recovery_summary(records: Sequence[tuple[float, float, int]], kill_at: float) -> dict:
+def recovery_summary(
+    records: Sequence[tuple[float, float, int]], kill_at: float, ready_at: float | None = None
+) -> dict:
     """Recovery from a worker kill. `records` are (start, end, status) per request, status -1 for a
-    connection error or timeout. The outage is the longest stretch after the kill without a 200
-    answer; recovery ends at the 200 that closes it. The failed ratio during recovery counts every
-    request in flight at some point between the kill and that answer."""
+    connection error or timeout; `ready_at` is when the replacement worker reported its model loaded.
+
+    The outage is the longest stretch after the kill without a 200 answer. Recovery ends at the later
+    of the 200 that closes the outage and `ready_at` (with more than one worker the others answer
+    throughout, and recovery is the replacement loading). The failed ratio during recovery counts
+    every request in flight at some point between the kill and the end of recovery."""
     ok_ends = sorted(end for _, end, status in records if status == 200 and end > kill_at)
     total = len(records)
     failed_all = sum(1 for *_, status in records if status != 200)
@@ -470,17 +485,19 @@ def recovery_summary(records: Sequence[tuple[float, float, int]], kill_at: float
         "failed": failed_all,
         "failed_ratio": round(failed_all / total, 5) if total else 0.0,
         "failed_statuses": dict(Counter(str(s) for *_, s in records if s != 200)),
+        "worker_ready_s": round(ready_at - kill_at, 3) if ready_at is not None else None,
     }
     if not ok_ends:
         return {**base, "recovered": False, "recovery_s": None}
     points = [kill_at, *ok_ends]
     gap_start, gap_end = max(itertools.pairwise(points), key=lambda pair: pair[1] - pair[0])
-    window = [status for start, end, status in records if start < gap_end and end > kill_at]
+    recovered_at = max(gap_end, ready_at) if ready_at is not None else gap_end
+    window = [status for start, end, status in records if start < recovered_at and end > kill_at]
     failed = sum(1 for status in window if status != 200)
     return {
         **base,
         "recovered": True,
-        "recovery_s": round(gap_end - kill_at, 3),
+        "recovery_s": round(recovered_at - kill_at, 3),
         "outage_s": round(gap_end - gap_start, 3),
         "recovery_window_requests": len(window),
         "recovery_window_failed": failed,
@@ -525,24 +542,39 @@ def kill_phase(
     if not old:
         raise RuntimeError("no TorchServe worker process found to kill")
     victim = min(old)
+    events: dict[str, float] = {}
+    log = LogSlice(server.workdir / "logs" / "ts_log.log").__enter__()
     kill_at = time.monotonic() - origin
     os.kill(victim, signal.SIGKILL)
-    respawned_at = None
-    while time.monotonic() < stop_at:
-        if worker_pids(server.process.pid) - old:
-            respawned_at = time.monotonic() - origin
-            break
-        time.sleep(0.05)
+
+    def watch() -> None:
+        """When a new worker process appears, and when TorchServe logs a worker's model loaded."""
+        carry = ""
+        deadline = stop_at + 180
+        while time.monotonic() < deadline and len(events) < 2:
+            now = time.monotonic() - origin
+            if "respawned" not in events and worker_pids(server.process.pid) - old:
+                events["respawned"] = now
+            text = carry + log.read_new()
+            if "ready" not in events and "-> WORKER_MODEL_LOADED" in text:
+                events["ready"] = now
+            carry = text[-200:]
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     wait_with_progress(max(0.0, stop_at - time.monotonic()), "kill run", lambda: time.monotonic() >= stop_at)
     for thread in threads:
         thread.join(timeout=180)
-    summary = recovery_summary(records, kill_at)
+    watcher.join(timeout=60)
+    summary = recovery_summary(records, kill_at, events.get("ready"))
     summary.update(
         clients=clients,
         seconds=seconds,
+        workers_before=len(old),
         killed_pid=victim,
         kill_at_s=round(kill_at, 3),
-        worker_respawned_s=round(respawned_at - kill_at, 3) if respawned_at else None,
+        worker_respawned_s=round(events["respawned"] - kill_at, 3) if "respawned" in events else None,
         client="python threads (requests), one keep-alive session each",
     )
     return summary, records
