@@ -668,6 +668,21 @@ def nothing():
     yield None
 
 
+@contextmanager
+def patched_environ(values: dict[str, str]):
+    """os.environ with `values` set, restored after (TorchServe and its workers inherit it at start)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_levels(
     name: str,
     url: str,
@@ -845,8 +860,18 @@ def bench_torchserve(args, archive: Path, texts: list[str], workdir: Path, repor
     good_file.write_bytes(encode_bodies(torchserve_body(text) for text in texts))
     hostile_file = workdir / "torchserve_hostile.bin"
     hostile_file.write_bytes(encode_bodies(hostile_bodies().values()))
-    out: dict = {"server": "torchserve", **archive_info(archive), "config": str(args.config)}
-    with torchserve(archive.parent, args.config, workdir / "torchserve") as server:
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    out: dict = {
+        "server": "torchserve",
+        **archive_info(archive),
+        "config": str(args.config),
+        "settings_override": args.ts_settings,
+        "environment_override": worker_env,
+    }
+    with (
+        patched_environ(worker_env),
+        torchserve(archive.parent, args.config, workdir / "torchserve") as server,
+    ):
         log = workdir / "torchserve" / "logs" / "ts_log.log"
         url = f"{server.inference_url}/predictions/restar"
         token = server.keys["inference"]
@@ -1230,6 +1255,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--mlflow-workers", type=int, default=1, help="uvicorn workers for mlflow models serve."
     )
+    parser.add_argument(
+        "--ts-settings",
+        default=None,
+        metavar="WORKERSxBATCHxDELAY",
+        help="Try other TorchServe batching settings: repack the archive's model-config.yaml with "
+        "minWorkers=maxWorkers=WORKERS, batchSize=BATCH, maxBatchDelay=DELAY ms (e.g. 1x8x1). "
+        "Default: the archive as exported.",
+    )
+    parser.add_argument(
+        "--worker-env",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="Environment for TorchServe and its workers, e.g. OMP_NUM_THREADS=1.",
+    )
     parser.add_argument("--wrk", default="wrk", help="wrk executable.")
     return parser.parse_args(argv)
 
@@ -1305,6 +1345,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     REPO_ROOT / "torchserve" / "model-config.yaml",
                 )
                 archive = Path(exported["archive"])
+            if args.ts_settings:
+                from bench_endpoint import archive_variant
+
+                workers, batch_size, delay_ms = (int(part) for part in args.ts_settings.split("x"))
+                archive = archive_variant(archive, work / "variant", workers, batch_size, delay_ms)
             packed = archive_info(archive).get("registry_version")
             if packed != version.version:
                 raise SystemExit(
