@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import yaml
 
 from restar.json_requests import parse_body
 
@@ -240,7 +241,8 @@ def test_every_phase_end_to_end_on_the_tiny_model(
     assert [level["clients"] for level in torchserve["levels"]] == [1, 4]
     for level in torchserve["levels"]:
         assert level["ok"] > 0 and level["failed"] == 0 and level["rss_peak_mb_by_role"]["worker"] > 0
-    assert torchserve["registry_version"] == 1 and torchserve["model_config"]["batchSize"] == 8
+    shipped = yaml.safe_load((REPO_ROOT / "torchserve" / "model-config.yaml").read_text())
+    assert torchserve["registry_version"] == 1 and torchserve["model_config"] == shipped
     assert torchserve["levels"][0]["torchserve_log"]["handler_ms_p50"] > 0
     assert all(400 <= probe["status"] < 500 for probe in torchserve["hostile_probe"].values())
     poison = torchserve["poison"]

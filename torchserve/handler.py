@@ -39,7 +39,8 @@ class RestarHandler(BaseHandler):
         # strict parser (restar.json_requests) judges them all, whatever their Content-Type says.
         os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
         model_dir = Path(context.system_properties["model_dir"])
-        self.core = InferenceCore.from_dir(model_dir)
+        settings = (context.model_yaml_config or {}).get("handler") or {}
+        self.core = InferenceCore.from_dir(model_dir, batch_size=int(settings.get("forward_batch_size", 32)))
         self.model_version = json.loads((model_dir / REGISTRY_FILE).read_text())["version"]
         self.initialized = True
         logger.info("Re*Star model version %s loaded", self.model_version)
