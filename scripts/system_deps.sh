@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# System packages the tests need besides Python's: nginx (the gateway in front of TorchServe).
-# Installs Debian's nginx-light with apt-get when nginx is missing and this runs as root; otherwise
-# says what to install. Safe to run again.
+# System packages the tests need besides Python's: nginx (the gateway in front of TorchServe) and wrk
+# (the load generator of scripts/bench_load.py). Installs Debian's nginx-light and wrk with apt-get
+# when one is missing and this runs as root; otherwise says what to install. Safe to run again.
 set -euo pipefail
 
-if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+missing=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-    echo "nginx is missing: install it (Debian/Ubuntu: sudo apt-get install nginx-light); the gateway tests need it" >&2
+    echo "missing: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]}); the gateway and load tests need them" >&2
     exit 0
 fi
 
@@ -21,5 +24,5 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
-echo "installed $(/usr/sbin/nginx -v 2>&1)"
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "installed ${missing[*]}"
