@@ -7,8 +7,10 @@ side by side. It imports no MLflow, so it runs wherever torch and transformers d
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from restar.config import TrainConfig
 from restar.inference import TransformerScorer
@@ -169,6 +171,24 @@ def checkpoint_dir(
     return work_dir / "checkpoints" / digest.hexdigest()[:16]
 
 
+def last_whole_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint a killed run finished writing, or None. The Trainer writes
+    trainer_state.json last, so a checkpoint without a readable one was cut short: it is removed."""
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(
+        checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda path: int(path.name.split("-")[-1])
+    )
+    for path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            logger.info("removing %s: the run was killed while writing it", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def fit(
     settings: TrainConfig,
     model,
@@ -186,7 +206,7 @@ def fit(
     the caller removes `FitResult.checkpoints`; the cache stays.
     """
     checkpoints = checkpoint_dir(settings, pretrained_dir, [train_frame, dev_frame], work_dir)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_whole_checkpoint(checkpoints)
     if last:
         logger.info("resuming from %s", last)
     train_rows = to_dataset(train_frame, tokenizer, settings.max_length)

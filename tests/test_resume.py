@@ -14,6 +14,8 @@ import mlflow
 import pytest
 import yaml
 
+from restar.finetune import last_whole_checkpoint
+
 pytestmark = pytest.mark.slow
 
 CONFIG = {
@@ -100,3 +102,15 @@ def test_killed_training_resumes_to_the_same_result(project) -> None:
     mlflow.set_tracking_uri(env_killed["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["restar-resume"], output_format="list")
     assert [run.info.status for run in runs] == ["FINISHED"]
+
+
+def test_a_checkpoint_cut_short_is_removed_and_the_whole_one_before_it_resumes(tmp_path: Path) -> None:
+    """A kill can land while the Trainer writes a checkpoint; it writes trainer_state.json last."""
+    for step, state in ((10, "{}"), (20, None), (30, '{"global_st')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_whole_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-10"]
+    assert last_whole_checkpoint(tmp_path / "none-yet") is None
