@@ -208,20 +208,12 @@ def test_every_phase_end_to_end_on_the_tiny_model(
 ) -> None:
     """A second or a few of each TorchServe phase (mlflow models serve runs the same level code, and
     its start alone would double the test's time): the report holds every number and plot."""
-    import mlflow
     import pandas as pd
 
-    from registry.service import PRODUCTION, Registry
-    from restar.pyfunc import log_pyfunc
+    from tests.served import register_production
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", register_production(tiny_model_dir, tmp_path))
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
-        info = log_pyfunc(tiny_model_dir)
-    registry = Registry("restar", uri)
-    registry.set_alias(PRODUCTION, registry.register(info.model_uri, run.info.run_id, {}, {}).version)
     texts = ["Love it, works perfectly.", "Broke after a day.", "It is okay.", "Great value \U0001f525"]
     pd.DataFrame({"text": texts * 5}).to_parquet(tmp_path / "eval.parquet")
     output = tmp_path / "bench" / "load.json"
