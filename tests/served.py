@@ -1,4 +1,4 @@
-"""A registry whose `restar@production` is the tiny test model, and TorchServe serving its export."""
+"""The tiny test model logged as a pyfunc, registered as `restar@production`, and served by TorchServe."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ def register_production(model_dir: Path, root: Path) -> str:
         registry.set_alias(PRODUCTION, version.version)
         mlflow.set_tracking_uri(None)
     return uri
+
+
+def logged_pyfunc(model_dir: Path, root: Path) -> mlflow.pyfunc.PyFuncModel:
+    """`model_dir` logged as a pyfunc into an embedded store in `root`, loaded back through MLflow."""
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    try:
+        with mlflow.start_run():
+            info = log_pyfunc(model_dir)
+        return mlflow.pyfunc.load_model(info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 @contextmanager

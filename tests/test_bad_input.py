@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,10 +24,9 @@ from mlflow.exceptions import MlflowException
 from restar.inference import InferenceCore
 from restar.labels import ABSTAIN
 from restar.predictor import PredictorError, predict_file
-from restar.pyfunc import log_pyfunc
 from restar.serve_local import LocalTorchServe
 from tests.helpers import strict_json
-from tests.served import register_production, serve_production
+from tests.served import logged_pyfunc, register_production, serve_production
 
 pytestmark = pytest.mark.slow
 PROBS = ["p_neg", "p_neu", "p_pos"]
@@ -263,14 +261,7 @@ def test_header_only_parquet(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pyfunc(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('pyfunc') / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run():
-            info = log_pyfunc(tiny_model_dir)
-        return mlflow.pyfunc.load_model(info.model_uri)
-    finally:
-        mlflow.set_tracking_uri(None)
+    return logged_pyfunc(tiny_model_dir, tmp_path_factory.mktemp("pyfunc"))
 
 
 def test_pyfunc_answers_every_row_of_hostile_text(pyfunc) -> None:

@@ -13,6 +13,7 @@ from restar.freeze import clean_rows
 from restar.inference import InferenceCore, decide
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
 from restar.pyfunc import log_pyfunc
+from tests.served import logged_pyfunc
 from tests.upstream_rows import markup_rows
 
 TEXTS = [
@@ -71,15 +72,7 @@ def test_logged_model_carries_calibration_and_no_pickle(tiny_model_dir: Path, tr
 
 @pytest.fixture(scope="module")
 def logged_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The tiny model logged as a pyfunc into a store of its own, loaded back through MLflow."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('pyfunc_store') / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run():
-            info = log_pyfunc(tiny_model_dir)
-        return mlflow.pyfunc.load_model(info.model_uri)
-    finally:
-        mlflow.set_tracking_uri(None)
+    return logged_pyfunc(tiny_model_dir, tmp_path_factory.mktemp("pyfunc_store"))
 
 
 def test_pyfunc_on_raw_upstream_rows_predicts_what_evaluate_scores_on_frozen_rows(
