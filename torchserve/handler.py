@@ -59,7 +59,7 @@ class RestarHandler(BaseHandler):
         """One request of the batch; its path and content type come in as request headers."""
         if str(self.context.get_request_header(index, "explain")).lower() == "true":
             return ParsedRequest(status=404, error="explanations are not served; POST to /predictions/restar")
-        # TorchServe hands the body over as "data" or "body", already decoded when it was valid JSON.
+        # TorchServe hands the body over as "data" or "body"; a form body arrives as neither.
         body = row.get("data") if row.get("data") is not None else row.get("body")
         content_type = str(self.context.get_request_header(index, "Content-Type") or "")
         if body is None and content_type.lower().startswith(FORM_TYPES):
@@ -84,7 +84,7 @@ class RestarHandler(BaseHandler):
             start += count
         return answered
 
-    def predict(self, requests: list[ParsedRequest]) -> list[dict[str, Any] | None]:
+    def predict(self, requests: list[ParsedRequest]) -> list[dict[str, Any]]:
         """Output rows for the texts of `requests`, in order, JSON-ready (NaN becomes null)."""
         texts = [text for request in requests for text in request.texts]
         if not texts:
@@ -103,7 +103,7 @@ class RestarHandler(BaseHandler):
             for values in frame.itertuples(index=False, name=None)
         ]
 
-    def predict_alone(self, request: ParsedRequest) -> list[dict[str, Any] | None]:
+    def predict_alone(self, request: ParsedRequest) -> list[dict[str, Any]]:
         try:
             return self.predict([request])
         except Exception as exc:
