@@ -1,5 +1,5 @@
-"""Fault injection for tests/test_faults.py: a real `mlflow server` that can be SIGKILLed and restarted,
-an HTTP proxy that kills it at a chosen request, and a small full disk."""
+"""A real `mlflow server` for tests (SIGKILLed and restarted by tests/test_faults.py), an HTTP proxy
+that kills it at a chosen request, and a small full disk."""
 
 from __future__ import annotations
 

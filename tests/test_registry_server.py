@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 from click.testing import CliRunner
 
@@ -27,7 +24,7 @@ from promotion.promote import Promoter, PromotionConflict
 from registry.audit import AuditLog
 from registry.service import Registry
 from restar.cli import cli as restar_cli
-from restar.serve_local import free_ports
+from tests.faults_kit import MlflowServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -37,44 +34,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server` process, started and stopped here."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    (port,) = free_ports(1)
-    url = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "w")  # noqa: SIM115 - the server writes to it until teardown
-    process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'server.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
+    yield server.start()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
