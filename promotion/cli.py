@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from promotion.policy import PolicyError, load_policy
-from promotion.promote import Decision, NothingToRollBack, Promoter, PromotionConflict
-from registry.audit import AuditLog, LockTimeout
 from registry.cli import EXIT_REGISTRY, json_option, table
-from registry.service import Registry, RegistryAuthError, RegistryError
+from registry.errors import RegistryAuthError, RegistryError
+
+if TYPE_CHECKING:  # the promoter imports MLflow and SQLAlchemy: `--help` and usage errors skip them
+    from promotion.promote import Decision, Promoter
 
 EXIT_REJECTED = 1
 EXIT_CONFLICT = 4
@@ -36,6 +36,11 @@ def registry_failure(exc: RegistryError) -> PromoteError:
 
 def open_promoter(policy_path: Path, audit_url: str | None, actor: str | None = None) -> Promoter:
     """Policy, registry and audit log; any problem becomes a PromoteError with the right exit code."""
+    from promotion.policy import PolicyError, load_policy
+    from promotion.promote import Promoter
+    from registry.audit import AuditLog
+    from registry.service import Registry
+
     try:
         policy = load_policy(policy_path)
         return Promoter(Registry(policy.model), AuditLog(audit_url), policy, actor=actor)
@@ -97,6 +102,9 @@ def execute(
     reason: str = "",
 ) -> Decision:
     """Run one promotion action, mapping service errors to exit codes."""
+    from promotion.promote import NothingToRollBack, PromotionConflict
+    from registry.audit import LockTimeout
+
     try:
         if rollback:
             return promoter.rollback(reason)

