@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# System packages the tests need besides Python's: nginx (the gateway in front of TorchServe) and wrk
-# (the load generator of scripts/bench_load.py). Installs Debian's nginx-light and wrk with apt-get
+# System packages the tests need besides Python's: nginx (the gateway in front of TorchServe), wrk
+# (the load generator of scripts/bench_load.py) and chromium (headless screenshots of the MLflow UI and
+# the release report). Installs Debian's nginx-light, wrk and chromium with apt-get
 # when one is missing and this runs as root; otherwise says what to install. Safe to run again.
 set -euo pipefail
 
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-    echo "missing: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]}); the gateway and load tests need them" >&2
+    echo "missing: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]}); the gateway, load and screenshot tests need them" >&2
     exit 0
 fi
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite (about 5 minutes on 2 cores). Extra arguments go to pytest.
+# Set up, then run the whole test suite (10-15 minutes on 2 cores, setup included). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/system_deps.sh  # nginx, for the gateway tests
+bash scripts/system_deps.sh  # nginx, wrk and chromium, for the gateway, load and screenshot tests
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 exec python -m pytest "$@"
