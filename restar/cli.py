@@ -467,18 +467,80 @@ def register_command(
 def promote_command(config_path: Path, registered_path: Path, out_path: Path, as_json: bool) -> None:
     """Pipeline stage: promote the version just registered under the run config's promotion policy.
 
-    The same gates, audit log and exit codes as `restar-promote --version N --policy POLICY`.
+    The same gates, audit log and exit codes as `restar-promote --version N --policy POLICY`. The
+    decision file names the policy, and restar-promote then uses it when run without --policy.
 
     Example: restar promote --config configs/smoke.yaml
     """
-    from promotion.cli import EXIT_REJECTED, emit, execute, open_promoter
+    from promotion.cli import EXIT_REJECTED, announce_policy, emit, execute, open_promoter
+    from promotion.policy import PolicyChoice
 
     config = load_run_config(config_path)
     version = json.loads(registered_path.read_text())["version"]
-    decision = execute(open_promoter(config.promotion.policy, None), version)
-    emit(decision, as_json, out_path)
+    choice = PolicyChoice(Path(config.promotion.policy), "config", f"{config_path} promotion.policy")
+    promoter = open_promoter(choice, None)
+    policy = announce_policy(choice, promoter, as_json)
+    decision = execute(promoter, version)
+    emit(decision, as_json, out_path, policy)  # the record names the policy: restar-promote's default
     if decision.decision == "rejected":
         raise click.exceptions.Exit(EXIT_REJECTED)
+
+
+@cli.command("report")
+@click.argument("ref", metavar="VERSION")
+@click.option("--model", "model_name", default="restar", show_default=True, help="Registered model name.")
+@click.option(
+    "--policy",
+    "policy_path",
+    type=EXISTING_FILE,
+    default="configs/promotion.yaml",
+    show_default=True,
+    help="Promotion policy whose gates the page checks.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HTML file to write [default: outputs/reports/<model>-v<N>.html].",
+)
+@click.option(
+    "--audit-db",
+    "audit_url",
+    envvar="RESTAR_AUDIT_DB_URL",
+    help="SQLAlchemy URL of the audit log [default: next to the MLflow store].",
+)
+@click.option(
+    "--measure-latency",
+    is_flag=True,
+    help="Run the latency gate now instead of showing what it recorded at promotion.",
+)
+@user_errors
+def report_command(
+    ref: str,
+    model_name: str,
+    policy_path: Path,
+    out_path: Path | None,
+    audit_url: str | None,
+    measure_latency: bool,
+) -> None:
+    """One self-contained HTML page on VERSION (a number or an alias): gates with margins, metrics,
+    evaluation plots, latency, lineage and audit history.
+
+    Example: restar report production
+    """
+    from promotion.policy import PolicyError, build_gates, load_policy
+    from registry.audit import AuditLog
+    from registry.service import Registry
+    from restar.report import write_report
+
+    try:
+        policy = load_policy(policy_path)
+        build_gates(policy)  # unknown gates and bad parameters fail before the registry is asked
+    except PolicyError as exc:
+        raise click.BadParameter(str(exc), param_hint="--policy") from exc
+    registry = Registry(model_name)
+    path = write_report(registry, AuditLog(audit_url), policy, ref, out_path, measure_latency)
+    click.echo(f"report written to {path}")
 
 
 @cli.command("export-torchserve")
