@@ -1,8 +1,13 @@
 """`restar-promote`: gate a version into `production`, force, roll back, or show the status.
 
-Exit codes: 0 done, 1 a gate failed (nothing moved), 2 bad usage, 3 registry problem (unknown
-version, no `staging`, registry unreachable), 4 a concurrent promotion got there first, 5 the registry
-refused the login or the permission (MLflow's basic-auth app; nothing moved).
+The policy in force: --policy, else $RESTAR_PROMOTION_POLICY, else the one the last pipeline run used
+(outputs/dvc_run/promotion.json), else configs/promotion.yaml. The first line printed names it and
+why (with --json, the `policy` key).
+
+Exit codes: 0 done (a dry run: the gates pass), 1 a gate failed (nothing moved; a dry run too),
+2 bad usage, 3 registry problem (unknown version, no `staging`, registry unreachable), 4 a concurrent
+promotion got there first, 5 the registry refused the login or the permission (MLflow's basic-auth
+app; nothing moved).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from registry.cli import EXIT_REGISTRY, json_option, table
 from registry.errors import RegistryAuthError, RegistryError
 
 if TYPE_CHECKING:  # the promoter imports MLflow and SQLAlchemy: `--help` and usage errors skip them
+    from promotion.policy import PolicyChoice
     from promotion.promote import Decision, Promoter
 
 EXIT_REJECTED = 1
@@ -34,7 +40,7 @@ def registry_failure(exc: RegistryError) -> PromoteError:
     return PromoteError(str(exc), EXIT_AUTH if isinstance(exc, RegistryAuthError) else EXIT_REGISTRY)
 
 
-def open_promoter(policy_path: Path, audit_url: str | None, actor: str | None = None) -> Promoter:
+def open_promoter(choice: PolicyChoice, audit_url: str | None, actor: str | None = None) -> Promoter:
     """Policy, registry and audit log; any problem becomes a PromoteError with the right exit code."""
     from promotion.policy import PolicyError, load_policy
     from promotion.promote import Promoter
@@ -42,10 +48,10 @@ def open_promoter(policy_path: Path, audit_url: str | None, actor: str | None = 
     from registry.service import Registry
 
     try:
-        policy = load_policy(policy_path)
+        policy = load_policy(choice.path)
         return Promoter(Registry(policy.model), AuditLog(audit_url), policy, actor=actor)
     except PolicyError as exc:
-        raise PromoteError(str(exc), 2) from exc
+        raise PromoteError(f"{exc} (policy {choice.why})", 2) from exc
     except RegistryError as exc:
         raise registry_failure(exc) from exc
 
@@ -81,12 +87,21 @@ def summary(decision: Decision) -> str:
     return f"{decision.action}: {what}"
 
 
-def emit(decision: Decision, as_json: bool, output: Path | None) -> None:
+def announce_policy(choice: PolicyChoice, promoter: Promoter, as_json: bool) -> dict[str, str]:
+    """Print which policy is in force and why (the first line; JSON output carries it instead)."""
+    if not as_json:
+        click.echo(choice.describe(promoter.policy.name))
+    return choice.as_dict(promoter.policy.name)
+
+
+def emit(decision: Decision, as_json: bool, output: Path | None, policy: dict[str, str]) -> None:
+    """The decision as a table and a summary, or as JSON (with the policy that decided it)."""
+    payload = {"policy": policy, **decision.as_dict()}
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(decision.as_dict(), indent=2) + "\n")
+        output.write_text(json.dumps(payload, indent=2) + "\n")
     if as_json:
-        click.echo(json.dumps(decision.as_dict(), indent=2))
+        click.echo(json.dumps(payload, indent=2))
         return
     if decision.gates:
         click.echo(gate_table(decision))
@@ -117,14 +132,33 @@ def execute(
         raise PromoteError(str(exc), EXIT_REGISTRY) from exc
 
 
+def write_release_report(promoter: Promoter, decision: Decision, as_json: bool) -> None:
+    """After a move: `restar report` of the version, its path printed and logged to the version's run
+    under `reports/`. The alias has already moved, so a failure here only warns."""
+    from restar.report import write_report
+
+    try:
+        path = write_report(promoter.registry, promoter.audit, promoter.policy, decision.version)
+        run_id = promoter.registry.version(decision.version).run_id
+        if run_id:
+            promoter.registry.client.log_artifact(run_id, str(path), "reports")
+    except Exception as exc:  # any report failure leaves the move standing
+        click.echo(f"WARNING: v{decision.version} moved, but its report failed: {exc}", err=True)
+        return
+    click.echo(f"report: {path}", err=as_json)  # --json keeps stdout a single document
+
+
 def policy_option(command: Any) -> Any:
     return click.option(
         "--policy",
         "policy_path",
         type=click.Path(dir_okay=False, path_type=Path),
-        default="configs/promotion.yaml",
-        show_default=True,
-        help="Promotion policy (YAML): the gates and their thresholds.",
+        default=None,
+        help=(
+            "Promotion policy (YAML): the gates and their thresholds [default: $RESTAR_PROMOTION_POLICY, "
+            "else the policy of the last pipeline run (outputs/dvc_run/promotion.json), "
+            "else configs/promotion.yaml]."
+        ),
     )(command)
 
 
@@ -142,7 +176,9 @@ def audit_option(command: Any) -> Any:
     "--version", type=click.IntRange(min=1), help="Version to promote [default: the `staging` one]."
 )
 @policy_option
-@click.option("--dry-run", is_flag=True, help="Run the gates and record them; move nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Run the gates and record them; move nothing (exit 1 if a gate fails)."
+)
 @click.option("--rollback", is_flag=True, help="Move `production` back to its previous version (audited).")
 @click.option("--force", is_flag=True, help="Move even if a gate fails (gates still run; needs --reason).")
 @click.option("--reason", default="", help="Why: recorded in the audit log.")
@@ -155,7 +191,7 @@ def audit_option(command: Any) -> Any:
 def cli(
     ctx: click.Context,
     version: int | None,
-    policy_path: Path,
+    policy_path: Path | None,
     dry_run: bool,
     rollback: bool,
     force: bool,
@@ -179,10 +215,16 @@ def cli(
         raise click.UsageError("--rollback takes no --version, --force or --dry-run")
     if force and not reason.strip():
         raise click.UsageError("--force needs --reason")
-    promoter = open_promoter(policy_path, audit_url)
+    from promotion.policy import choose_policy
+
+    choice = choose_policy(policy_path)
+    promoter = open_promoter(choice, audit_url)
+    policy = announce_policy(choice, promoter, as_json)
     decision = execute(promoter, version, dry_run=dry_run, rollback=rollback, force=force, reason=reason)
-    emit(decision, as_json, output)
-    if decision.decision == "rejected" and not dry_run:  # a dry run reports; it does not fail
+    emit(decision, as_json, output, policy)
+    if decision.decision == "moved":
+        write_release_report(promoter, decision, as_json)
+    if decision.decision == "rejected":  # a dry run that would be rejected fails the same way
         ctx.exit(EXIT_REJECTED)
 
 
@@ -193,17 +235,22 @@ def cli(
     "--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Recent decisions to show."
 )
 @json_option
-def status_command(policy_path: Path, audit_url: str | None, limit: int, as_json: bool) -> None:
+def status_command(policy_path: Path | None, audit_url: str | None, limit: int, as_json: bool) -> None:
     """Aliases now, recent decisions, and a warning if `production` moved outside restar-promote.
 
     Example: restar-promote status
     """
+    from promotion.policy import choose_policy
+
+    choice = choose_policy(policy_path)
+    promoter = open_promoter(choice, audit_url)
+    policy = announce_policy(choice, promoter, as_json)
     try:
-        status = open_promoter(policy_path, audit_url).status(limit)
+        status = promoter.status(limit)
     except RegistryError as exc:
         raise registry_failure(exc) from exc
     if as_json:
-        click.echo(json.dumps(status, indent=2, default=str))
+        click.echo(json.dumps({"policy": policy, **status}, indent=2, default=str))
         return
     aliases = (
         ", ".join(f"{alias}=v{version}" for alias, version in sorted(status["aliases"].items())) or "none"

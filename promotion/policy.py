@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from promotion.gates import Gate
 
 ENTRY_POINT_GROUP = "restar.gates"
+POLICY_ENV = "RESTAR_PROMOTION_POLICY"
+DEFAULT_POLICY = Path("configs/promotion.yaml")
+# Written by the pipeline's promote stage (`restar promote --out`); it names the policy that stage used.
+PIPELINE_RECORD = Path("outputs/dvc_run/promotion.json")
 
 
 class PolicyError(ValueError):
@@ -37,6 +45,56 @@ class Policy(BaseModel):
     def gate_param(self, gate: str, key: str) -> object | None:
         """A parameter of the first gate of that name, e.g. the accuracy gate's `min`; None without one."""
         return next((spec.params.get(key) for spec in self.gates if spec.name == gate), None)
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    """Which policy file is in force, and why: `source` is flag, env, pipeline, config or default;
+    `origin` names the option, variable, record or run config the path came from."""
+
+    path: Path
+    source: str
+    origin: str = ""
+
+    @property
+    def why(self) -> str:
+        return {
+            "flag": "from --policy",
+            "env": f"from ${self.origin}",
+            "pipeline": f"from the last pipeline run ({self.origin})",
+            "config": f"from the run config ({self.origin})",
+            "default": "the built-in default",
+        }[self.source]
+
+    def describe(self, policy_name: str) -> str:
+        return f"policy {self.path} ({policy_name!r}), {self.why}"
+
+    def as_dict(self, policy_name: str) -> dict[str, str]:
+        return {"path": str(self.path), "name": policy_name, "source": self.source, "origin": self.origin}
+
+
+def choose_policy(
+    flag: Path | None, environ: Mapping[str, str] = os.environ, record: Path = PIPELINE_RECORD
+) -> PolicyChoice:
+    """--policy, else $RESTAR_PROMOTION_POLICY, else the policy the last pipeline run recorded (when
+    that file is still readable), else configs/promotion.yaml."""
+    if flag is not None:
+        return PolicyChoice(flag, "flag", "--policy")
+    if environ.get(POLICY_ENV):
+        return PolicyChoice(Path(environ[POLICY_ENV]), "env", POLICY_ENV)
+    recorded = recorded_policy(record)
+    if recorded is not None:
+        return PolicyChoice(recorded, "pipeline", str(record))
+    return PolicyChoice(DEFAULT_POLICY, "default")
+
+
+def recorded_policy(record: Path) -> Path | None:
+    """The policy path a pipeline decision record names, if the record and that policy file are readable."""
+    try:
+        path = json.loads(record.read_text(encoding="utf-8"))["policy"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Path(path) if isinstance(path, str) and Path(path).is_file() else None
 
 
 def available_gates() -> dict[str, type[Gate]]:

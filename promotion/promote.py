@@ -132,8 +132,8 @@ class Promoter:
             decision.decision = "passed" if decision.passed else "rejected"
         elif not (decision.passed or force):
             decision.decision = "rejected"
-        elif expected is not None and expected.version == candidate.version:
-            decision.decision = "unchanged"
+        elif expected is not None and expected.version == candidate.version and self._audited(expected):
+            decision.decision = "unchanged"  # (a holder set outside restar-promote is moved again: audited)
         else:
             self._move(decision)
             return decision
@@ -141,18 +141,27 @@ class Promoter:
         return decision
 
     def rollback(self, reason: str = "") -> Decision:
-        """Return the alias to the version it held before the current one, per the audit log."""
+        """Return the alias to the version it held before the current one, per the audit log; if it was
+        moved outside restar-promote (the MLflow UI), to the version the last audited move set."""
         self.settle()
         current = self.registry.alias_version(self.alias)
         if current is None:
             raise NothingToRollBack(f"{self.registry.model_name} has no {self.alias!r} alias to roll back")
         last = self.audit.last_move(self.registry.model_name, self.alias)
-        if last is None or last.version != current.version or last.previous_version is None:
+        if last is not None and last.version != current.version:
+            target_version = last.version
+            reason = (
+                f"{reason} [{self.alias} v{current.version} was set outside restar-promote; back to the "
+                f"last audited v{last.version}]"
+            ).strip()
+        elif last is None or last.previous_version in (None, current.version):
             raise NothingToRollBack(
                 f"the audit log has no earlier {self.alias} version before v{current.version} of "
                 f"{self.registry.model_name}"
             )
-        target = self.registry.version(last.previous_version)
+        else:
+            target_version = last.previous_version
+        target = self.registry.version(target_version)
         decision = Decision(
             "rollback",
             "passed",
@@ -165,6 +174,11 @@ class Promoter:
         )
         self._move(decision)
         return decision
+
+    def _audited(self, holder: VersionInfo) -> bool:
+        """Whether the last audited move of the alias set the version that holds it now."""
+        last = self.audit.last_move(self.registry.model_name, self.alias)
+        return last is not None and last.version == holder.version
 
     def _lock(self) -> AbstractContextManager[None]:
         holder = f"{self.actor}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
@@ -263,9 +277,11 @@ class Promoter:
         current = aliases.get(self.alias)
         warning = None
         if current is not None and (last is None or last.version != current):
+            undo = "" if last is None else f"restar-promote --rollback returns it to v{last.version}; "
             warning = (
                 f"{self.alias} is v{current} but the last audited move set "
-                f"{'nothing' if last is None else f'v{last.version}'}: it was moved outside restar-promote"
+                f"{'nothing' if last is None else f'v{last.version}'}: it was moved outside restar-promote "
+                f"(the MLflow UI?). {undo}restar-promote --version {current} gates v{current} and audits it"
             )
         return {
             "model": self.registry.model_name,
