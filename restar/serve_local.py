@@ -38,6 +38,7 @@ class LocalTorchServe:
     inference_url: str
     management_url: str
     metrics_url: str
+    console_log: Path
     # Keep-alive connections, one per client thread, as real clients hold them.
     clients: threading.local = field(default_factory=threading.local)
 
@@ -80,14 +81,7 @@ class LocalTorchServe:
 
     def stop(self, timeout: float = 60) -> int:
         """`torchserve --stop` with the same TEMP, then wait for the process; returns its exit code."""
-        subprocess.run(
-            [str(BIN / "torchserve"), "--stop"],
-            cwd=self.workdir,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        stop_torchserve(self.workdir, self.env, timeout)
         return self.process.wait(timeout=timeout)
 
 
@@ -161,14 +155,12 @@ def find_nginx(search_path: str | None = None) -> str:
     return found
 
 
-@contextmanager
-def gateway(upstream_url: str, workdir: Path, ready_timeout: float = 30) -> Iterator[LocalGateway]:
-    """Run the nginx gateway on a free loopback port in front of TorchServe's inference `upstream_url`;
-    yield once it answers (TorchServe need not be up); stop it after. Config, pid, temp dirs and
-    the log (`gateway.log`) stay in `workdir`."""
+def launch_gateway(upstream_url: str, workdir: Path, port: int, ready_timeout: float = 30) -> LocalGateway:
+    """Start the nginx gateway on 127.0.0.1:`port` in front of TorchServe's inference `upstream_url`;
+    return once it answers (TorchServe need not be up). Config, pid, temp dirs and the log
+    (`gateway.log`) stay in `workdir`."""
     nginx = find_nginx()
     workdir.mkdir(parents=True, exist_ok=True)
-    (port,) = free_ports(1)
     config = workdir / "nginx.conf"
     config.write_text(render_gateway_config(urlsplit(upstream_url).netloc, f"127.0.0.1:{port}"))
     command = [nginx, "-p", f"{workdir}/", "-c", str(config), "-e", "stderr", "-g", "daemon off;"]
@@ -176,17 +168,32 @@ def gateway(upstream_url: str, workdir: Path, ready_timeout: float = 30) -> Iter
         process = subprocess.Popen(
             command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        server = LocalGateway(workdir, process, f"http://127.0.0.1:{port}")
+    server = LocalGateway(workdir, process, f"http://127.0.0.1:{port}")
+    try:
+        _wait_until_answering(server, ready_timeout)
+    except GatewayError:
+        _stop_gateway(server)
+        raise
+    return server
+
+
+@contextmanager
+def gateway(upstream_url: str, workdir: Path, ready_timeout: float = 30) -> Iterator[LocalGateway]:
+    """`launch_gateway` on a free loopback port; yield once it answers; stop it after."""
+    server = launch_gateway(upstream_url, workdir, free_ports(1)[0], ready_timeout)
+    try:
+        yield server
+    finally:
+        _stop_gateway(server)
+
+
+def _stop_gateway(server: LocalGateway) -> None:
+    if server.process.poll() is None:
         try:
-            _wait_until_answering(server, ready_timeout)
-            yield server
-        finally:
-            if process.poll() is None:
-                try:
-                    server.stop()
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            server.stop()
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
 
 
 def _wait_until_answering(server: LocalGateway, timeout: float) -> None:
@@ -200,43 +207,98 @@ def _wait_until_answering(server: LocalGateway, timeout: float) -> None:
     raise GatewayError(f"nginx did not start:\n{(server.workdir / 'gateway.log').read_text()[-4000:]}")
 
 
-@contextmanager
-def torchserve(
-    model_store: Path, config: Path, workdir: Path, ready_timeout: float = 180
-) -> Iterator[LocalTorchServe]:
-    """Start TorchServe in `workdir` on free loopback ports; yield once `restar` answers; stop after."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
-    ports = free_ports(5)
-    (workdir / "config.properties").write_text(local_config(config, ports))
-    env = {**os.environ, "TEMP": str(workdir / "tmp"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+class TorchServeError(RuntimeError):
+    """TorchServe did not start serving."""
+
+
+def torchserve_env(workdir: Path) -> dict[str, str]:
+    """The environment for a TorchServe run in `workdir`: archives unpack in workdir/tmp, where the
+    launcher's pid file (which `torchserve --stop` reads) and the worker sockets also go; logs go to
+    workdir/logs (TorchServe's log4j config reads LOG_LOCATION and METRICS_LOCATION)."""
+    tmp, logs = str(workdir / "tmp"), str(workdir / "logs")
+    return {
+        **os.environ,
+        "TEMP": tmp,
+        "TMPDIR": tmp,  # tempfile.gettempdir() prefers TMPDIR over TEMP for the pid file
+        "LOG_LOCATION": logs,
+        "METRICS_LOCATION": logs,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+def listen_urls(config_text: str) -> tuple[str, str, str]:
+    """The inference, management and metrics addresses of a TorchServe config."""
+    urls = []
+    for name in ("inference", "management", "metrics"):
+        match = re.search(rf"^{name}_address=(.+)$", config_text, flags=re.M)
+        if match is None:
+            raise ValueError(f"the TorchServe config sets no {name}_address")
+        urls.append(match[1].strip().rstrip("/"))
+    return urls[0], urls[1], urls[2]
+
+
+def launch_torchserve(
+    model_store: Path, config_text: str, workdir: Path, console_log: Path, log_config: Path | None = None
+) -> LocalTorchServe:
+    """Start `torchserve --foreground` with `config_text`, its working directory `workdir` (so
+    key_file.json lands there), its console written to `console_log` and, when given, its log4j
+    config `log_config`; returns at once."""
+    env = torchserve_env(workdir)
+    for folder in (workdir, workdir / "tmp", workdir / "logs", console_log.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.properties").write_text(config_text)
+    (workdir / "key_file.json").unlink(missing_ok=True)  # a previous run's keys are not this one's
     command = [
         str(BIN / "torchserve"),
         "--start",
         "--foreground",
         "--ncs",
         "--model-store",
-        str(model_store),
+        str(model_store.resolve()),
         "--ts-config",
         str(workdir / "config.properties"),
+        *(["--log-config", str(log_config)] if log_config else []),
     ]
-    with open(workdir / "ts.log", "w") as log:
+    with open(console_log, "w") as log:
         process = subprocess.Popen(
             command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        server = LocalTorchServe(workdir, process, env, *(f"http://127.0.0.1:{port}" for port in ports[:3]))
-        try:
-            _wait_until_serving(server, ready_timeout)
-            yield server
-        finally:
-            if process.poll() is None:
-                try:
-                    server.stop()
-                except (subprocess.TimeoutExpired, OSError):
-                    os.killpg(process.pid, signal.SIGKILL)
+    return LocalTorchServe(workdir, process, env, *listen_urls(config_text), console_log=console_log)
 
 
-def _wait_until_serving(server: LocalTorchServe, timeout: float) -> None:
+def stop_torchserve(workdir: Path, env: dict[str, str], timeout: float = 60) -> None:
+    """`torchserve --stop` as TorchServe documents it: same TEMP (it finds the pid there), same
+    working directory (it deletes key_file.json there)."""
+    subprocess.run(
+        [str(BIN / "torchserve"), "--stop"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextmanager
+def torchserve(
+    model_store: Path, config: Path, workdir: Path, ready_timeout: float = 180
+) -> Iterator[LocalTorchServe]:
+    """Start TorchServe in `workdir` on free loopback ports; yield once `restar` answers; stop after."""
+    server = launch_torchserve(model_store, local_config(config, free_ports(5)), workdir, workdir / "ts.log")
+    try:
+        wait_until_serving(server, ready_timeout)
+        yield server
+    finally:
+        if server.process.poll() is None:
+            try:
+                server.stop()
+            except (subprocess.TimeoutExpired, OSError):
+                os.killpg(server.process.pid, signal.SIGKILL)
+
+
+def wait_until_serving(server: LocalTorchServe, timeout: float) -> None:
+    """Return once `restar` answers a prediction; TorchServeError with the console's tail if the
+    process exits or `timeout` seconds pass first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and server.process.poll() is None:
         if (server.workdir / "key_file.json").is_file():
@@ -246,9 +308,7 @@ def _wait_until_serving(server: LocalTorchServe, timeout: float) -> None:
             except (requests.ConnectionError, ValueError, KeyError):  # not up yet, or key file half-written
                 pass
         time.sleep(1)
-    raise RuntimeError(
-        f"TorchServe did not start serving:\n{(server.workdir / 'ts.log').read_text()[-4000:]}"
-    )
+    raise TorchServeError(f"TorchServe did not start serving:\n{server.console_log.read_text()[-4000:]}")
 
 
 @dataclass
