@@ -51,7 +51,7 @@ def open_promoter(choice: PolicyChoice, audit_url: str | None, actor: str | None
         policy = load_policy(choice.path)
         return Promoter(Registry(policy.model), AuditLog(audit_url), policy, actor=actor)
     except PolicyError as exc:
-        raise PromoteError(f"{exc} (policy {choice.why})", 2) from exc
+        raise PromoteError(f"{exc} ({choice.why})", 2) from exc
     except RegistryError as exc:
         raise registry_failure(exc) from exc
 
