@@ -32,8 +32,9 @@ def fit_calibration(
     The biases are bias-corrected temperature scaling (Alexandari et al., 2020): they also undo a
     shift between the class priors the network learnt and those of dev. They are centred to sum to 0.
     """
-    logits_t = torch.as_tensor(logits, dtype=torch.float64)
-    labels_t = torch.as_tensor(labels, dtype=torch.long)
+    # Copies: the arrays may be read-only views of a (copy-on-write) pandas column, which torch won't share.
+    logits_t = torch.from_numpy(np.array(logits, dtype=np.float64))
+    labels_t = torch.from_numpy(np.array(labels, dtype=np.int64))
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # optimise log T so T stays positive
     bias = torch.zeros(logits_t.shape[1], dtype=torch.float64, requires_grad=with_bias)
     parameters = [log_t, bias] if with_bias else [log_t]

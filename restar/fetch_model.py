@@ -94,6 +94,8 @@ def _save_encoder(
 ) -> None:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    from restar.inference import key_patterns, load_pretrained
+
     model_config = AutoConfig.from_pretrained(source_dir)
     total_layers = model_config.num_hidden_layers
     if config.keep_layers is not None:
@@ -103,7 +105,16 @@ def _save_encoder(
             )
         model_config.num_hidden_layers = config.keep_layers
     # Layers past num_hidden_layers are simply not loaded, so the cut keeps the pretrained lower layers.
-    encoder = AutoModel.from_pretrained(source_dir, config=model_config)
+    encoder, report = load_pretrained(AutoModel, source_dir, config=model_config)
+    if report.missing:  # the pooler, say, which a checkpoint saved without it lacks
+        logger.warning("%s lacks weights, which start random: %s", source_dir, key_patterns(report.missing))
+    if report.unexpected:  # the cut layers' weights, or heads of the task the encoder was trained on
+        logger.info(
+            "left out %d weights of %s: %s",
+            len(report.unexpected),
+            source_dir,
+            key_patterns(report.unexpected),
+        )
     tokenizer = AutoTokenizer.from_pretrained(source_dir)
 
     encoder.save_pretrained(staging)

@@ -28,7 +28,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from restar.config import TrainConfig
-from restar.inference import TransformerScorer
+from restar.inference import LoadReport, TransformerScorer, key_patterns, load_pretrained
 from restar.labels import LABELS
 from restar.layer_cache import cache_key, cache_lower_layers, collate_states, top_layers_only, top_logits
 
@@ -38,14 +38,34 @@ logger = logging.getLogger(__name__)
 def load_encoder(pretrained_dir: Path):
     """Tokenizer and the pretrained encoder with a fresh 3-class head, in float32."""
     tokenizer = AutoTokenizer.from_pretrained(pretrained_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model, report = load_pretrained(
+        AutoModelForSequenceClassification,
         pretrained_dir,
         num_labels=len(LABELS),
         id2label=dict(enumerate(LABELS)),
         label2id={name: i for i, name in enumerate(LABELS)},
         dtype=torch.float32,
     )
+    report_new_weights(model, report, pretrained_dir)
     return tokenizer, model
+
+
+def report_new_weights(model: torch.nn.Module, report: LoadReport, pretrained_dir: Path) -> None:
+    """The classification head is new by design; encoder weights the checkpoint lacked are not."""
+    encoder_prefix = f"{model.base_model_prefix}."
+    encoder = [key for key in report.missing if key.startswith(encoder_prefix)]
+    head = [key for key in report.missing if not key.startswith(encoder_prefix)]
+    logger.info(
+        "new %d-class head (%s) on the encoder from %s", len(LABELS), key_patterns(head), pretrained_dir
+    )
+    if encoder:
+        logger.warning(
+            "%s lacks encoder weights, which start random: %s", pretrained_dir, key_patterns(encoder)
+        )
+    if report.unexpected:  # e.g. the pooler of an encoder whose classifier does not use one
+        logger.info(
+            "weights of %s this classifier does not use: %s", pretrained_dir, key_patterns(report.unexpected)
+        )
 
 
 def class_weights(labels: np.ndarray, scheme: str) -> torch.Tensor | None:
@@ -121,6 +141,7 @@ def training_arguments(config: TrainConfig, output_dir: str, train_rows: int) ->
         seed=config.seed,
         report_to="none",
         disable_tqdm=False,
+        dataloader_pin_memory=torch.accelerator.is_available(),  # pinning is for copies to an accelerator
     )
 
 

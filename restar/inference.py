@@ -7,8 +7,11 @@ The MLflow pyfunc, the offline predictor, the latency benchmark and the TorchSer
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -18,13 +21,18 @@ import numpy as np
 import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from restar.calibration import softmax
 from restar.labels import ABSTAIN, DEFAULT_ABSTAIN_THRESHOLD, LABELS, PROBABILITY_COLUMNS
 from restar.text import TEXT_COLUMN, TITLE_COLUMN, prepare_texts
 
+logger = logging.getLogger(__name__)
+
 METADATA_FILE = "restar.json"
 MODEL_KIND_GROUP = "restar.model_kinds"
+# The logger transformers' from_pretrained writes its table of missing and unexpected weights to.
+LOAD_REPORT_LOGGER = "transformers.modeling_utils"
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,85 @@ def encoded_batches(
         yield batch, encoded
 
 
+@dataclass(frozen=True)
+class LoadReport:
+    """Weights a checkpoint lacked (`missing`: newly initialised), had in excess, or had in another shape."""
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[str, ...] = ()
+
+
+def key_patterns(keys: Sequence[str], limit: int = 4) -> str:
+    """Weight names for a log line, layer numbers folded: 'encoder.layer.*.output.dense.bias, ...'."""
+    patterns = sorted({re.sub(r"\.\d+\.", ".*.", key) for key in keys})
+    more = f" and {len(patterns) - limit} more" if len(patterns) > limit else ""
+    return ", ".join(patterns[:limit]) + more
+
+
+class _LoadReportFilter(logging.Filter):
+    """Keeps transformers' load report table out of the log; the caller reports in its own words."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No load report and no 'Loading weights' bar for the duration; a failed load still shows the report,
+    which its error message points to."""
+    report_logger = logging.getLogger(LOAD_REPORT_LOGGER)
+    reports = _LoadReportFilter()
+    report_logger.addFilter(reports)
+    previous_hook = hf_logging.set_tqdm_hook(
+        lambda _factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs)
+    )
+    try:
+        yield
+    except Exception:
+        for record in reports.held:
+            logger.error("%s", record.getMessage())
+        raise
+    finally:
+        hf_logging.set_tqdm_hook(previous_hook)
+        report_logger.removeFilter(reports)
+
+
+def load_pretrained(auto_class, source: str | Path, **kwargs) -> tuple[torch.nn.Module, LoadReport]:
+    """`auto_class.from_pretrained(source, **kwargs)` and which weights did not fit, without transformers'
+    own report: whether a missing or unexpected weight is expected depends on the caller."""
+    with _quiet_loading():
+        model, info = auto_class.from_pretrained(source, output_loading_info=True, **kwargs)
+    report = LoadReport(
+        missing=tuple(sorted(info["missing_keys"])),
+        unexpected=tuple(sorted(info["unexpected_keys"])),
+        mismatched=tuple(sorted(key for key, *_ in info["mismatched_keys"])),
+    )
+    return model, report
+
+
+def load_fine_tuned(model_dir: Path, **kwargs) -> torch.nn.Module:
+    """A fine-tuned classifier, refused unless every weight of the model came from `model_dir`."""
+    model, report = load_pretrained(AutoModelForSequenceClassification, model_dir, **kwargs)
+    if report.missing or report.mismatched:
+        raise ValueError(
+            f"{model_dir}: not a complete fine-tuned checkpoint; weights missing or of the wrong shape "
+            f"would be random: {key_patterns(report.missing + report.mismatched)}"
+        )
+    if report.unexpected:
+        logger.warning(
+            "%s: checkpoint weights the model does not use: %s", model_dir, key_patterns(report.unexpected)
+        )
+    return model
+
+
 class Scorer(Protocol):
     """A model kind: raw class scores (logits) for texts. Kinds register under `restar.model_kinds`."""
 
@@ -124,7 +211,7 @@ class TransformerScorer:
             from restar.onnx_backend import OnnxScorer
 
             return OnnxScorer.load(model_dir, metadata, batch_size)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model = load_fine_tuned(model_dir)
         checkpoint_labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
         if checkpoint_labels != metadata.labels:
             raise ValueError(

@@ -11,13 +11,15 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from restar.inference import METADATA_FILE, ModelMetadata, encoded_batches
+from restar.inference import METADATA_FILE, ModelMetadata, encoded_batches, load_fine_tuned
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,30 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
 
 
+@contextmanager
+def _expected_export_warnings() -> Iterator[None]:
+    """Silence what tracing transformers' attention-mask code always says, and only that.
+
+    The first two concern the mask built from `attention_mask`: the padding branch traced as a constant is
+    never taken (an encoder's key length is its input's length), and the advanced indexing it exports
+    indexes with aranges, never negative. The exporter's deprecation notices are the price of the fusions
+    (export_fp32).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            "Converting a tensor to a Python boolean",
+            torch.jit.TracerWarning,
+            r"transformers\.masking_utils",
+        )
+        warnings.filterwarnings("ignore", "Exporting aten::index operator of advanced indexing", UserWarning)
+        warnings.filterwarnings(
+            "ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning, r"torch\.onnx\.")
+        yield
+
+
 def export_fp32(model_dir: Path, path: Path) -> None:
     """Export the classifier to ONNX, then fuse it with ONNX Runtime's transformer optimizer.
 
@@ -46,25 +72,26 @@ def export_fp32(model_dir: Path, path: Path) -> None:
     eager-attention graph of the TorchScript exporter, not the dynamo exporter's; fused, the int8 model runs
     about a quarter faster at batch 1 (README, Results).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    model = load_fine_tuned(model_dir, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     example = tokenizer(["An example review.", "Short."], padding=True, return_tensors="pt")
     # BERT-style encoders take token_type_ids, DistilBERT-style ones don't: export what the tokenizer makes.
     names = [name for name in INPUT_NAMES if name in example]
     with tempfile.TemporaryDirectory() as tmp:
         unfused = Path(tmp) / "unfused.onnx"
-        torch.onnx.export(
-            _Logits(model, names).eval(),
-            tuple(example[name] for name in names),
-            str(unfused),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+        with _expected_export_warnings():
+            torch.onnx.export(
+                _Logits(model, names).eval(),
+                tuple(example[name] for name in names),
+                str(unfused),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
         fuse(unfused, path, num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size)
 
 
