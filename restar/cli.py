@@ -15,6 +15,7 @@ from registry.cli import RegistryCommandError, json_option, registry_group
 from registry.errors import RegistryError
 from restar.config import load_freeze_config, load_run_config
 from restar.errors import RestarError
+from restar.follow import follow_command
 from restar.output_files import OutputWriteError
 
 if TYPE_CHECKING:
@@ -763,3 +764,4 @@ def serve_status_command(home: Path | None, as_json: bool) -> None:
 
 cli.add_command(registry_group)
 cli.add_command(serve_group)
+cli.add_command(follow_command)
