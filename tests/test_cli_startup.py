@@ -36,6 +36,7 @@ def loaded_heavy_modules(module: str, args: list[str]) -> list[str]:
         ("restar.cli", ["--help"]),
         ("restar.cli", ["registry", "list", "--help"]),
         ("restar.cli", ["predict", "--help"]),
+        ("restar.cli", ["report", "--help"]),
         ("restar.cli", ["serve", "--help"]),
         ("restar.cli", ["no-such-command"]),
         ("promotion.cli", ["--help"]),
