@@ -590,6 +590,17 @@ def report_command(
     default=None,
     help="Serve on this backend instead of the one the version was registered with.",
 )
+@click.option(
+    "--audit-db",
+    "audit_url",
+    envvar="RESTAR_AUDIT_DB_URL",
+    help="SQLAlchemy URL of restar-promote's audit log [default: next to the MLflow store].",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Export a production version even if restar-promote did not put it there (logs a warning).",
+)
 @json_option
 @user_errors
 def export_torchserve_command(
@@ -599,16 +610,24 @@ def export_torchserve_command(
     handler: Path,
     model_config: Path,
     backend: str | None,
+    audit_url: str | None,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Export a registered version (default: production) as a TorchServe archive.
 
+    A version that holds `production` is exported only if the promotion audit log shows restar-promote
+    putting it there (not, say, the MLflow UI's alias editor), unless --force.
+
     Example: restar export-torchserve --model-uri models:/restar@production
     """
-    from restar.export_torchserve import export_torchserve
+    from restar.export_torchserve import PromotionGuard, export_torchserve
 
+    guard = PromotionGuard(audit_url, force)
     report(
-        export_torchserve(model_uri, artifacts_dir, model_store, handler, model_config, backend=backend),
+        export_torchserve(
+            model_uri, artifacts_dir, model_store, handler, model_config, backend=backend, guard=guard
+        ),
         as_json,
     )
 

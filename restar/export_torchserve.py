@@ -3,6 +3,11 @@
 Everything is built in hidden staging folders beside the targets, on their file systems, and moved
 into place only when complete: a failure, a full disk included, leaves the previous artifacts folder
 and archive as they were and no half-written file.
+
+A `PromotionGuard` (the `restar export-torchserve` command always passes one) refuses a version that
+holds `production` when the promotion audit log does not show restar-promote putting it there: the
+MLflow UI can move the alias past every gate. A version that does not hold `production` (exported by
+number, say a candidate for a canary) is not a production export and is not checked.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from sqlalchemy.engine import make_url
 
-from registry.service import Registry, VersionInfo, is_unreachable, unreachable
-from registry.store import tracking_uri
+from registry.audit import AuditLog, AuditRecord
+from registry.service import PRODUCTION, Registry, VersionInfo, is_unreachable, unreachable
+from registry.store import default_audit_url, tracking_uri
 from restar.errors import RestarError
 from restar.inference import METADATA_FILE, ModelMetadata
 from restar.onnx_backend import convert, serving_files
@@ -33,6 +41,51 @@ MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alia
 
 class ExportError(RestarError, RuntimeError):
     """The model cannot be resolved, downloaded or archived."""
+
+
+class UnauditedProduction(ExportError):
+    """The version holds `production`, but no audited restar-promote move put it there."""
+
+
+@dataclass(frozen=True)
+class PromotionGuard:
+    """Export a version that holds `alias` only if the latest settled move in the audit log set it
+    (default log: RESTAR_AUDIT_DB_URL, else next to the MLflow store, as restar-promote). `force`
+    turns the refusal into a logged warning."""
+
+    audit_url: str | None = None
+    force: bool = False
+    alias: str = PRODUCTION
+
+    def check(self, version: VersionInfo) -> str:
+        """`audited`, `not production` or `unaudited, forced`; raises UnauditedProduction otherwise."""
+        if self.alias not in version.aliases:
+            return "not production"
+        url = self.audit_url or default_audit_url()
+        last = last_audited_move(url, version.name, self.alias)
+        if last is not None and last.version == version.version:
+            return "audited"
+        problem = (
+            f"v{version.version} of {version.name} holds {self.alias}, but the audit log "
+            f"({make_url(url).render_as_string(hide_password=True)}) has no restar-promote move that put "
+            f"it there (the last audited move set {'nothing' if last is None else f'v{last.version}'}): "
+            f"it was moved past the gates, e.g. in the MLflow UI"
+        )
+        if self.force:
+            logger.warning("exporting anyway (--force): %s", problem)
+            return "unaudited, forced"
+        undo = "" if last is None else f"return to v{last.version} with restar-promote --rollback, or "
+        raise UnauditedProduction(
+            f"{problem}. To fix: {undo}put v{version.version} through the gates with "
+            f"restar-promote --version {version.version}; or export it anyway with --force"
+        )
+
+
+def last_audited_move(audit_url: str, model_name: str, alias: str) -> AuditRecord | None:
+    """The latest settled move of `alias`; None without an audit database (none is created here)."""
+    if audit_url.startswith("sqlite:///") and not Path(audit_url.removeprefix("sqlite:///")).is_file():
+        return None
+    return AuditLog(audit_url).last_move(model_name, alias)
 
 
 def resolve(model_uri: str) -> VersionInfo:
@@ -109,10 +162,13 @@ def export_torchserve(
     model_config: Path,
     model_name: str = "restar",
     backend: str | None = None,
+    guard: PromotionGuard | None = None,
 ) -> dict[str, object]:
     """Resolve, download and archive `model_uri`; the archive's version is the registry version.
-    `backend` (torch, onnx, onnx-int8) overrides the backend the version was registered with."""
+    `backend` (torch, onnx, onnx-int8) overrides the backend the version was registered with; `guard`
+    checks that a production version got there through restar-promote before anything is written."""
     version = resolve(model_uri)
+    promotion = guard.check(version) if guard else "not checked"
     mar = model_store / f"{model_name}.mar"
     with staging_dir(artifacts_dir) as staging, staging_dir(mar) as mar_staging:
         with _writing(artifacts_dir):
@@ -131,6 +187,7 @@ def export_torchserve(
         "archive": str(mar),
         "artifacts": str(artifacts_dir),
         "backend": metadata.backend,
+        "promotion": promotion,
     }
 
 
