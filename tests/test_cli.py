@@ -43,6 +43,7 @@ def test_all_commands_present() -> None:
         "promote",
         "register",
         "registry",
+        "report",
         "train",
         "train-baseline",
     }
