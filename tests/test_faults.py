@@ -330,7 +330,8 @@ def test_full_disk_during_export(
     production_tfidf: int, small_disk: Callable[[int], SmallDisk], tmp_path: Path, tmpfs_allowed: bool
 ) -> None:
     probe = tmp_path / "probe"
-    packing = ["--handler", str(HANDLER), "--model-config", str(MODEL_CONFIG)]
+    # --force: the fixture set `production` without restar-promote, which the export otherwise refuses
+    packing = ["--handler", str(HANDLER), "--model-config", str(MODEL_CONFIG), "--force"]
     first = ["export-torchserve", "--artifacts", str(probe / "a"), "--model-store", str(probe / "m")]
     exported = CliRunner().invoke(restar_cli, [*first, *packing])
     assert exported.exit_code == 0, exported.output

@@ -160,8 +160,9 @@ def test_baseline_is_a_second_kind_through_the_same_registry_and_gates(pipeline,
             "configs/promotion_ci.yaml",
         ],
     )
-    assert result.exit_code == 0, result.output
-    gates = {gate["gate"]: gate for gate in json.loads(result.output)["gates"]}
+    decision = json.loads(result.stdout)
+    assert result.exit_code == (0 if decision["decision"] == "passed" else 1), result.output
+    gates = {gate["gate"]: gate for gate in decision["gates"]}
     assert gates["latency"]["value"] > 0  # the baseline's pyfunc was benchmarked like any other version
     assert gates["accuracy"]["value"] == baseline["metrics"]["eval_accuracy"]
 
