@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, delete, inspect, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -73,6 +74,21 @@ def _v1_initial(connection: Connection) -> None:
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
 
 
+# pg_advisory_xact_lock key that serializes migrations of one database ("rsta")
+_MIGRATION_LOCK_KEY = 0x72737461
+
+
+def _serialize_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+
+
+def _applied_version(connection: Connection) -> int:
+    if not inspect(connection).has_table(SchemaVersion.__tablename__):
+        return 0
+    return connection.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc())) or 0
+
+
 class LockTimeout(Exception):
     """Another promotion of the same model held the lock for too long."""
 
@@ -93,27 +109,29 @@ class AuditLog:
     @property
     def schema_version(self) -> int:
         with self.engine.connect() as connection:
-            if not inspect(connection).has_table(SchemaVersion.__tablename__):
-                return 0
-            return (
-                connection.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc())) or 0
-            )
+            return _applied_version(connection)
 
     def migrate(self) -> None:
-        """Apply the migrations this database has not seen yet, each in its own transaction."""
-        with self.engine.begin() as connection:
-            Base.metadata.create_all(connection, tables=[SchemaVersion.__table__])
+        """Apply the migrations this database has not seen yet, each in its own transaction.
+
+        Processes opening a new database at once may race: on PostgreSQL they take turns (an
+        advisory lock; its DDL is transactional); on SQLite the loser's error is checked against
+        the version the winner recorded."""
         for number, migration in enumerate(MIGRATIONS, start=1):
-            if number <= self.schema_version:
-                continue
             try:
                 with self.engine.begin() as connection:
+                    _serialize_migrations(connection)
+                    Base.metadata.create_all(connection, tables=[SchemaVersion.__table__])
+                    if _applied_version(connection) >= number:
+                        continue
                     migration(connection)
                     connection.execute(
                         SchemaVersion.__table__.insert(), {"version": number, "applied_at": utcnow()}
                     )
-            except IntegrityError:
-                pass  # a concurrent process applied the same migration first
+            except (IntegrityError, OperationalError):
+                if self.schema_version < number:
+                    raise
+                # a concurrent process applied the same migration first
 
     def record(self, **fields: Any) -> AuditRecord:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():

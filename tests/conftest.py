@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from tests import postgres_kit
 from tests.helpers import make_tiny_model
 from tests.synthetic_reviews import write_dataset
 
@@ -46,3 +48,28 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres_kit.PostgresCluster]:
+    """A throwaway PostgreSQL server on 127.0.0.1 for the session (tests/postgres_kit.py).
+
+    Skipped where none can start (no server binaries or driver), except in CI, where it must run."""
+    reason = postgres_kit.unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = postgres_kit.PostgresCluster(postgres_kit.find_bin_dir())
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database for one test, on each backend: a SQLite file or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("postgres_cluster").create_database(request.node.name)
