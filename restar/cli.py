@@ -344,18 +344,69 @@ def evaluate_command(model_dir: Path, data_dir: Path, out_dir: Path, as_json: bo
     show_default=True,
     help="Rows read, predicted and written at a time (memory stays flat however long the input).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: this process, chunk by chunk. spark: mlflow.pyfunc.spark_udf on a Spark master.",
+)
+@click.option(
+    "--master",
+    envvar=["RESTAR_SPARK_MASTER", "SPARK_MASTER"],
+    show_envvar=True,
+    help="Spark master for --engine spark (local[*], spark://host:7077, yarn...); default: the --conf "
+    "spark.master, else local[*].",
+)
+@click.option(
+    "--conf",
+    "spark_conf",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=lambda ctx, param, pairs: _spark_conf(pairs),
+    help="A spark.* setting for --engine spark; repeatable.",
+)
 @user_errors
 def predict_command(
-    input_path: Path, output_path: Path, model_uri: str, batch_size: int, chunk_rows: int
+    input_path: Path,
+    output_path: Path,
+    model_uri: str,
+    batch_size: int,
+    chunk_rows: int,
+    engine: str,
+    master: str | None,
+    spark_conf: dict[str, str],
 ) -> None:
     """Predict label, confidence, p_neg, p_neu and p_pos for every input row.
 
+    \b
     Example: restar predict --input reviews.csv --output predictions.parquet
+    On Spark: restar predict --engine spark --master 'local[4]' --conf spark.driver.memory=4g \\
+                  --input reviews.parquet --output predictions.parquet
     """
-    from restar.predictor import predict_file
+    if engine == "spark":
+        from restar.spark_predictor import predict_file_spark, spark_session
 
-    rows = predict_file(input_path, output_path, model_uri, batch_size=batch_size, chunk_rows=chunk_rows)
+        spark = spark_session(master, spark_conf)
+        rows = predict_file_spark(
+            input_path, output_path, model_uri, spark, batch_size=batch_size, chunk_rows=chunk_rows
+        )
+    else:
+        from restar.predictor import predict_file
+
+        rows = predict_file(input_path, output_path, model_uri, batch_size=batch_size, chunk_rows=chunk_rows)
     click.echo(f"wrote {rows} predictions to {output_path}")
+
+
+def _spark_conf(pairs: tuple[str, ...]) -> dict[str, str]:
+    """--conf values as a dict; anything but spark.<key>=<value> is a usage error."""
+    conf = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("spark."):
+            raise click.BadParameter(f"{pair!r}: expected spark.<key>=<value>", param_hint="--conf")
+        conf[key] = value
+    return conf
 
 
 @cli.command("bench")

@@ -56,23 +56,48 @@ def file_format(path: Path, compressed: bool = False) -> str:
         ) from None
 
 
+def check_input_file(path: Path) -> str:
+    """The input's format, once the checks every engine makes before reading pass: a known file type,
+    present and not empty."""
+    kind = file_format(path, compressed=True)
+    if not path.is_file():
+        raise PredictorError(f"{path}: input file not found")
+    if path.stat().st_size == 0:
+        raise PredictorError(f"{path}: input file is empty")
+    return kind
+
+
+def check_text_column(path: Path, columns: Sequence[object]) -> None:
+    if TEXT_COLUMN not in columns:
+        found = ", ".join(map(str, columns))
+        raise PredictorError(f"{path}: missing 'text' column (found: {found})")
+
+
+def no_rows_error(path: Path) -> PredictorError:
+    return PredictorError(f"{path}: no rows to predict")
+
+
+def unreadable_error(path: Path, kind: str, exc: BaseException) -> PredictorError:
+    return PredictorError(f"{path}: cannot read as {kind}: {exc}")
+
+
+def passthrough_columns(columns: Sequence[str]) -> list[str]:
+    """The input columns an output keeps, in order: all but those the predictions replace."""
+    return [column for column in columns if column not in OUTPUT_COLUMNS]
+
+
 def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """The input rows, `chunk_rows` at a time, so memory stays flat however long the file is.
 
     Every way the file can be unusable becomes a PredictorError naming it, including a bad line far
     into the file (raised when that chunk is read).
     """
-    kind = file_format(path, compressed=True)
-    if not path.is_file():
-        raise PredictorError(f"{path}: input file not found")
-    if path.stat().st_size == 0:
-        raise PredictorError(f"{path}: input file is empty")
+    kind = check_input_file(path)
     rows = 0
     try:
         for chunk in _raw_chunks(path, kind, chunk_rows):
-            if rows == 0 and TEXT_COLUMN not in chunk.columns:
-                found = ", ".join(map(str, chunk.columns))
-                raise PredictorError(f"{path}: missing 'text' column (found: {found})")
+            if rows == 0:
+                check_text_column(path, list(chunk.columns))
             rows += len(chunk)
             if len(chunk):
                 yield chunk
@@ -81,9 +106,9 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     except (ValueError, OSError, EOFError, TypeError, zlib.error) as exc:
         if isinstance(exc, PredictorError):
             raise
-        raise PredictorError(f"{path}: cannot read as {kind}: {exc}") from exc
+        raise unreadable_error(path, kind, exc) from exc
     if rows == 0:
-        raise PredictorError(f"{path}: no rows to predict")
+        raise no_rows_error(path)
 
 
 def _raw_chunks(path: Path, kind: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -111,19 +136,9 @@ def load_predict_fn(model_uri: str) -> PredictFn:
     if (Path(model_uri) / METADATA_FILE).is_file():
         return InferenceCore.from_dir(model_uri).predict
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from registry.service import is_unreachable, unreachable
-    from restar.tracking import configure_tracking
-
-    uri = configure_tracking()  # an unreachable registry fails here, as RegistryUnavailable
-    try:
+    with model_load_errors(model_uri):
         model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as exc:  # OSError: the connection broke during the download
-        if is_unreachable(exc):
-            raise unreachable(uri, exc) from exc
-        detail = exc.message if isinstance(exc, MlflowException) else str(exc)
-        raise PredictorError(f"cannot load model {model_uri}: {detail}") from exc
 
     def predict(texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame:
         columns = {TEXT_COLUMN: list(texts)}
@@ -132,6 +147,25 @@ def load_predict_fn(model_uri: str) -> PredictFn:
         return model.predict(pd.DataFrame(columns))
 
     return predict
+
+
+@contextlib.contextmanager
+def model_load_errors(model_uri: str) -> Iterator[None]:
+    """Point MLflow at the configured registry, then turn a failure to fetch `model_uri` into
+    RegistryUnavailable (registry down) or PredictorError (no such model)."""
+    from mlflow.exceptions import MlflowException
+
+    from registry.service import is_unreachable, unreachable
+    from restar.tracking import configure_tracking
+
+    uri = configure_tracking()  # an unreachable registry fails here, as RegistryUnavailable
+    try:
+        yield
+    except (MlflowException, OSError) as exc:  # OSError: the connection broke during the download
+        if is_unreachable(exc):
+            raise unreachable(uri, exc) from exc
+        detail = exc.message if isinstance(exc, MlflowException) else str(exc)
+        raise PredictorError(f"cannot load model {model_uri}: {detail}") from exc
 
 
 def as_strings(values: pd.Series) -> list[str]:
@@ -150,7 +184,7 @@ def predict_frame(frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 
     predictions = pd.concat(chunks, ignore_index=True)
     if len(predictions) != len(frame):
         raise PredictorError(f"model returned {len(predictions)} rows for {len(frame)} inputs")
-    passthrough = frame.drop(columns=[c for c in OUTPUT_COLUMNS if c in frame.columns]).reset_index(drop=True)
+    passthrough = frame[passthrough_columns(list(frame.columns))].reset_index(drop=True)
     return pd.concat([passthrough, predictions[list(OUTPUT_COLUMNS)]], axis=1)
 
 

@@ -10,7 +10,17 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "mlflow", "pandas", "pyarrow", "numpy", "sqlalchemy", "onnxruntime")
+HEAVY = (
+    "torch",
+    "transformers",
+    "mlflow",
+    "pandas",
+    "pyarrow",
+    "numpy",
+    "sqlalchemy",
+    "onnxruntime",
+    "pyspark",
+)
 
 # Run a CLI in-process with these arguments, then report which heavy modules it loaded.
 PROBE = """
@@ -36,6 +46,10 @@ def loaded_heavy_modules(module: str, args: list[str]) -> list[str]:
         ("restar.cli", ["--help"]),
         ("restar.cli", ["registry", "list", "--help"]),
         ("restar.cli", ["predict", "--help"]),
+        (
+            "restar.cli",
+            ["predict", "--engine", "spark", "--conf", "bad", "--input", "a.csv", "--output", "b.csv"],
+        ),
         ("restar.cli", ["report", "--help"]),
         ("restar.cli", ["serve", "--help"]),
         ("restar.cli", ["no-such-command"]),
