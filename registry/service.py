@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import ParamSpec, TypeVar
 
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModel, Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.credentials import get_default_host_creds
@@ -24,6 +26,8 @@ from registry.store import tracking_uri as default_tracking_uri
 
 STAGING = "staging"
 PRODUCTION = "production"
+# Versions registered before metrics moved to the run and the logged model carried each metric as a
+# `metric.<name>` tag; they are still read that way.
 METRIC_TAG_PREFIX = "metric."
 
 P = ParamSpec("P")
@@ -47,13 +51,9 @@ class VersionInfo:
         return f"models:/{self.name}/{self.version}"
 
     @classmethod
-    def from_mlflow(cls, version: ModelVersion) -> VersionInfo:
+    def from_mlflow(cls, version: ModelVersion, metrics: Mapping[str, float] | None = None) -> VersionInfo:
+        """`metrics` are the run's; `metric.<name>` tags of older versions take precedence."""
         tags = dict(version.tags or {})
-        metrics = {
-            key.removeprefix(METRIC_TAG_PREFIX): float(value)
-            for key, value in tags.items()
-            if key.startswith(METRIC_TAG_PREFIX)
-        }
         return cls(
             name=version.name,
             version=int(version.version),
@@ -61,8 +61,17 @@ class VersionInfo:
             source=version.source,
             aliases=tuple(sorted(version.aliases or ())),
             tags={key: value for key, value in tags.items() if not key.startswith(METRIC_TAG_PREFIX)},
-            metrics=metrics,
+            metrics={**(metrics or {}), **tag_metrics(tags)},
         )
+
+
+def tag_metrics(tags: Mapping[str, str]) -> dict[str, float]:
+    """Metrics stored as `metric.<name>` tags (versions registered before they moved to the run)."""
+    return {
+        key.removeprefix(METRIC_TAG_PREFIX): float(value)
+        for key, value in tags.items()
+        if key.startswith(METRIC_TAG_PREFIX)
+    }
 
 
 UNREACHABLE_TEXT = ("Max retries exceeded", "Connection refused", "Connection aborted", "timed out")
@@ -185,24 +194,49 @@ class Registry:
         lineage: dict[str, str],
         metrics: dict[str, float],
         alias: str | None = STAGING,
+        model_params: dict[str, str] | None = None,
     ) -> VersionInfo:
-        """A new version of a logged model (`models:/m-<id>`), with lineage and metric tags, aliased."""
+        """A new version of a logged model (`models:/m-<id>`) tagged with `lineage`, aliased.
+
+        `metrics` go on the logged model (its run already has them, and `version()` reads them
+        there); `model_params` (calibration and the like) become the logged model's params.
+        """
         if not model_uri.startswith("models:/m-"):
             raise RegistryError(f"expected a logged-model URI (models:/m-<id>), got {model_uri!r}")
         logged = self.client.get_logged_model(model_uri.removeprefix("models:/"))
+        self._describe_logged_model(logged, run_id, metrics, model_params or {})
         self._ensure_registered_model()
-        tags = {**lineage, "restar.run_id": run_id}
-        tags.update({f"{METRIC_TAG_PREFIX}{name}": str(value) for name, value in metrics.items()})
         created = self.client.create_model_version(
             self.model_name,
             source=logged.artifact_location,
             run_id=run_id,
-            tags=tags,
+            tags=lineage,
             model_id=logged.model_id,
         )
         if alias:
             self.client.set_registered_model_alias(self.model_name, alias, created.version)
         return self.version(int(created.version))
+
+    def _describe_logged_model(
+        self, logged: LoggedModel, run_id: str, metrics: dict[str, float], params: dict[str, str]
+    ) -> None:
+        """Log the metrics and params the logged model lacks (registering it again adds nothing).
+
+        A logged-model metric is written through its run: a metric logged before the model (dev
+        scores) gains one more point at step 0 in the run's history, with the same value.
+        """
+        known = {metric.key for metric in logged.metrics or ()}
+        now = int(time.time() * 1000)
+        missing = [
+            Metric(key, float(value), now, 0, model_id=logged.model_id, run_id=run_id)
+            for key, value in sorted(metrics.items())
+            if key not in known
+        ]
+        if missing:
+            self.client.log_batch(run_id, metrics=missing)
+        new_params = {key: value for key, value in params.items() if key not in (logged.params or {})}
+        if new_params:
+            self.client.log_model_params(logged.model_id, new_params)
 
     def _ensure_registered_model(self) -> None:
         try:
@@ -215,13 +249,30 @@ class Registry:
     def version(self, ref: int | str) -> VersionInfo:
         """A version by number (`3`, `"3"`) or by alias (`"production"`)."""
         if isinstance(ref, int) or str(ref).isdigit():
-            return VersionInfo.from_mlflow(self.client.get_model_version(self.model_name, str(ref)))
+            return self._info(self.client.get_model_version(self.model_name, str(ref)))
         try:
-            return VersionInfo.from_mlflow(self.client.get_model_version_by_alias(self.model_name, str(ref)))
+            found = self.client.get_model_version_by_alias(self.model_name, str(ref))
         except MlflowException as exc:
             if is_unreachable(exc) or exc.error_code in AUTH_ERROR_CODES:  # not "no such alias"
                 raise
             raise VersionNotFound(f"registered model {self.model_name!r} has no alias {ref!r}") from exc
+        return self._info(found)
+
+    def _info(self, version: ModelVersion) -> VersionInfo:
+        """The version with its run's metrics: one call, none for versions with metric tags."""
+        legacy = any(key.startswith(METRIC_TAG_PREFIX) for key in version.tags or {})
+        return VersionInfo.from_mlflow(version, {} if legacy else self._run_metrics(version.run_id))
+
+    def _run_metrics(self, run_id: str | None) -> dict[str, float]:
+        """The latest value of each metric of the run; none when the run is gone."""
+        if not run_id:
+            return {}
+        try:
+            return dict(self.client.get_run(run_id).data.metrics)
+        except MlflowException as exc:
+            if exc.error_code in NOT_FOUND_CODES:
+                return {}
+            raise
 
     @_translate_errors
     def alias_version(self, alias: str) -> VersionInfo | None:
@@ -250,7 +301,7 @@ class Registry:
         aliases = self.client.get_registered_model(self.model_name).aliases
         versions = []
         for version in found:
-            info = VersionInfo.from_mlflow(version)
+            info = self._info(version)
             held = tuple(sorted(alias for alias, number in aliases.items() if int(number) == info.version))
             versions.append(replace(info, aliases=held))
         return sorted(versions, key=lambda v: v.version, reverse=True)

@@ -5,32 +5,58 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import yaml
 
 from registry.service import STAGING, Registry, VersionInfo
 from restar.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
+PIPELINE_FILE = "dvc.yaml"
+PIPELINE_LOCK = "dvc.lock"
+OUTPUT_SECTIONS = ("outs", "metrics", "plots")
 
-def git_commit() -> str:
-    """The checked-out commit (with `-dirty` when the tree has changes), or `unknown` outside git."""
+
+def pipeline_outputs(pipeline: Path) -> list[str]:
+    """dvc.lock and every out/metric/plot path the stages of `pipeline` (a dvc.yaml) declare,
+    relative to its folder; templated paths (`${...}`) are skipped."""
+    if not pipeline.is_file():
+        return []
+    stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages") or {}
+    paths = {PIPELINE_LOCK}
+    for stage in stages.values():
+        paths.update(path for path in _declared_paths(stage) if "${" not in path)
+    return sorted(paths)
+
+
+def _declared_paths(stage: dict) -> Iterator[str]:
+    for section in OUTPUT_SECTIONS:
+        for entry in stage.get(section) or ():
+            yield from ([entry] if isinstance(entry, str) else entry)  # a path, or {path: {cache: ...}}
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    """The commit checked out in `root`, with `-dirty` when tracked source or configs differ from it,
+    or `unknown` outside git. What the pipeline writes (dvc.lock, the outs, metrics and plots of
+    root/dvc.yaml) changes on every run by design and does not count."""
+    excludes = [f":(exclude){path}" for path in pipeline_outputs(root / PIPELINE_FILE)]
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ":/", *excludes)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.strip() + ("-dirty" if dirty.strip() else "")
 
 
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
 def lineage(config: RunConfig, config_path: Path, data_stats: dict, run_dir: Path) -> dict[str, str]:
+    """The version's tags: where it came from, short enough to read in the registry's table."""
     model = json.loads((run_dir / "model" / "restar.json").read_text())
     return {
         "restar.config": str(config_path),
@@ -39,10 +65,17 @@ def lineage(config: RunConfig, config_path: Path, data_stats: dict, run_dir: Pat
         "restar.base_model": model["base_model"],
         "restar.git_commit": git_commit(),
         "restar.data_sha256": data_stats["frozen_content_sha256"],
-        "restar.data_rows": json.dumps(data_stats["rows"]),
-        "restar.temperature": f"{model['temperature']:.6f}",
-        "restar.class_bias": json.dumps(model.get("class_bias", [])),
-        "restar.abstain_threshold": str(model["abstain_threshold"]),
+        "restar.data_rows": json.dumps(data_stats["rows"], separators=(",", ":")),
+    }
+
+
+def model_params(run_dir: Path) -> dict[str, str]:
+    """Calibration and abstention as the logged model's params (they travel inside the model too)."""
+    model = json.loads((run_dir / "model" / "restar.json").read_text())
+    return {
+        "temperature": f"{model['temperature']:.6f}",
+        "class_bias": json.dumps(model.get("class_bias", [])),
+        "abstain_threshold": str(model["abstain_threshold"]),
     }
 
 
@@ -63,6 +96,7 @@ def register(
         lineage(config, config_path, data_stats, run_dir),
         metrics,
         alias,
+        model_params(run_dir),
     )
     logger.info("registered %s as %s (alias %s)", record["model_uri"], version.uri, alias)
     return version
