@@ -24,10 +24,12 @@ BIN = Path(sys.executable).parent
 
 
 class MlflowServer:
-    """`mlflow server` on a SQLite backend under `root`; `kill()` is SIGKILL of its whole process group."""
+    """`mlflow server` on a SQLite backend under `root` (or on `backend_store_uri`, e.g. PostgreSQL);
+    `kill()` is SIGKILL of its whole process group."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, backend_store_uri: str | None = None):
         self.root = root
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'server.db'}"
         self.process: subprocess.Popen | None = None
         self.url = ""
 
@@ -46,7 +48,7 @@ class MlflowServer:
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{self.root / 'server.db'}",
+            self.backend_store_uri,
             "--artifacts-destination",
             str(self.root / "artifacts"),
         ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from restar.serve_local import free_ports
 
 USER = "restar"
+SCHEME = "postgresql+psycopg2"  # as docker-compose.yml names it: SQLAlchemy 2.1 alone would pick psycopg 3
 BIN_ENV = "RESTAR_PG_BIN"  # a folder with initdb and pg_ctl, where they are not on PATH or under /usr/lib
 # initdb and postgres refuse to run as root: as root the cluster belongs to one of these
 UNPRIVILEGED_OWNERS = ("postgres", "nobody")
@@ -96,8 +97,7 @@ class PostgresCluster:
         return self
 
     def url(self, database: str) -> str:
-        """As docker-compose.yml writes it: the driver named (SQLAlchemy 2.1 would default to psycopg 3)."""
-        return f"postgresql+psycopg2://{USER}@127.0.0.1:{self.port}/{database}"
+        return f"{SCHEME}://{USER}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, label: str = "test") -> str:
         """A new, empty database; returns its URL."""

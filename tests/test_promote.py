@@ -1,7 +1,5 @@
 """Promoter logic with an in-memory registry (the real-server version is tests/test_registry_server.py)."""
 
-from pathlib import Path
-
 import pytest
 
 from promotion.policy import Policy
@@ -52,8 +50,9 @@ POLICY = Policy(name="test", gates=[{"name": "accuracy", "params": {"min": 0.9}}
 
 
 @pytest.fixture
-def audit(tmp_path: Path) -> AuditLog:
-    return AuditLog(f"sqlite:///{tmp_path / 'audit.db'}")
+def audit(database_url: str) -> AuditLog:
+    """The audit log on each backend (conftest `database_url`: SQLite, PostgreSQL)."""
+    return AuditLog(database_url)
 
 
 def promoter(registry: FakeRegistry, audit: AuditLog) -> Promoter:

@@ -1,7 +1,10 @@
-"""Registry and gated promotion against a real `mlflow server` on 127.0.0.1 (SQLite backend).
+"""Registry and gated promotion against a real `mlflow server` on 127.0.0.1.
 
-Two CI training runs are registered as two versions; the tests then walk one story in file order:
-promote v1, reject v2, force and roll back, race ten promotions, serve `production`.
+Two CI training runs are registered as two versions (SQLite backend); the tests then walk one story
+in file order: promote v1, reject v2, force and roll back, serve `production`. Then, on each backend
+store (SQLite, and PostgreSQL as docker-compose.yml wires it, the audit log in the same database): a
+server with two light versions, promote/reject/force/roll back through `restar-promote`, and ten
+promotions racing.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from click.testing import CliRunner
+from sqlalchemy import create_engine, inspect
 
 from promotion.cli import cli as promote_cli
 from promotion.policy import Policy
@@ -24,6 +31,7 @@ from promotion.promote import Promoter, PromotionConflict
 from registry.audit import AuditLog
 from registry.service import Registry
 from restar.cli import cli as restar_cli
+from tests import postgres_kit
 from tests.faults_kit import MlflowServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -160,40 +168,6 @@ def test_force_then_rollback(server: str, in_project: Path) -> None:
     ]
 
 
-def test_ten_concurrent_promotions(server: str, in_project: Path) -> None:
-    policy = Policy(name="race", gates=[{"name": "accuracy", "params": {"min": 0.0}}])
-    before = audit(in_project).history("restar", limit=1000)
-    start_version = production(server)
-    outcomes: list[str] = []
-    barrier = threading.Barrier(10)
-
-    def attempt(index: int) -> None:
-        promoter = Promoter(Registry("restar", server), audit(in_project), policy, actor=f"thread-{index}")
-        barrier.wait()
-        try:
-            outcomes.append(promoter.promote(1 + index % 2).decision)
-        except PromotionConflict:
-            outcomes.append("conflict")
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    rows = audit(in_project).history("restar", limit=1000)
-    new = sorted(rows[: len(rows) - len(before)], key=lambda r: r.id)
-    assert len(outcomes) == 10
-    assert len(new) == 10  # every attempt left exactly one record
-    moved = [r for r in new if r.decision == "moved"]
-    assert len(moved) == outcomes.count("moved") >= 1
-    holder = start_version
-    for row in moved:  # each move starts where the previous one ended: no move lost or doubled
-        assert row.previous_version == holder
-        holder = row.version
-    assert production(server) == holder
-
-
 def test_production_loads_in_a_fresh_process(server: str, in_project: Path) -> None:
     script = (
         "import mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/restar@production');"
@@ -270,3 +244,130 @@ def test_predictor_entrypoint_serves_whatever_production_is(server: str, in_proj
         after[["p_neg", "p_neu", "p_pos"]].to_numpy(float), expected(3 - first), atol=1e-5
     )
     assert not np.allclose(after[["p_pos"]].to_numpy(float)[:2], before[["p_pos"]].to_numpy(float)[:2])
+
+
+# --- each backend store: SQLite, and PostgreSQL as docker-compose.yml wires it ---------------------
+
+
+@dataclass(frozen=True)
+class Store:
+    backend: str
+    url: str  # the mlflow server
+    audit_url: str
+    root: Path  # lenient.yaml (accuracy >= 0.9), strict.yaml (>= 0.95)
+
+    def policy(self, name: str) -> str:
+        return str(self.root / f"{name}.yaml")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A real `mlflow server` on each backend store, holding versions 1 (accuracy 0.91) and 2 (0.93) of
+    `restar` as light logged models. On PostgreSQL the audit log lives in MLflow's database, as with
+    docker-compose.yml's one `postgres` database."""
+    root = tmp_path_factory.mktemp(f"{request.param}_store")
+    if request.param == "sqlite":
+        backend_uri, audit_url = f"sqlite:///{root / 'server.db'}", f"sqlite:///{root / 'audit.db'}"
+    else:
+        backend_uri = audit_url = request.getfixturevalue("postgres_cluster").create_database("mlflow")
+    server = MlflowServer(root, backend_uri)
+    url = server.start()
+    registry = Registry("restar", url)
+    mlflow.set_tracking_uri(url)
+    for accuracy in (0.91, 0.93):
+        with mlflow.start_run() as run:
+            logged = mlflow.initialize_logged_model(name="model")
+        registry.register(f"models:/{logged.model_id}", run.info.run_id, {}, {"eval_accuracy": accuracy})
+    mlflow.set_tracking_uri(None)
+    for name, minimum in (("lenient", 0.9), ("strict", 0.95)):
+        policy = {"name": name, "gates": [{"name": "accuracy", "params": {"min": minimum}}]}
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(policy))
+    yield Store(request.param, url, audit_url, root)
+    server.stop()
+
+
+def test_promotion_through_the_console_script_on_each_backend(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`restar-promote` reads both stores from the environment, as a deployment sets them."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.url)
+    monkeypatch.setenv("RESTAR_AUDIT_DB_URL", store.audit_url)
+    done = subprocess.run(
+        [str(BIN / "restar-promote"), "--version", "1", "--policy", store.policy("lenient")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "production -> v1" in done.stdout
+    rejected = CliRunner().invoke(promote_cli, ["--version", "2", "--policy", store.policy("strict")])
+    assert rejected.exit_code == 1, rejected.output
+    forced = CliRunner().invoke(
+        promote_cli, ["--version", "2", "--policy", store.policy("strict"), "--force", "--reason", "hotfix"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert production(store.url) == 2
+    rollback = ["--rollback", "--reason", "undo", "--policy", store.policy("strict")]
+    rolled = CliRunner().invoke(promote_cli, rollback)
+    assert rolled.exit_code == 0, rolled.output
+    assert production(store.url) == 1
+    rows = AuditLog(store.audit_url).history("restar")
+    assert [(r.action, r.decision, r.version, r.previous_version) for r in rows] == [
+        ("rollback", "moved", 1, 2),
+        ("force", "moved", 2, 1),
+        ("promote", "rejected", 2, 1),
+        ("promote", "moved", 1, None),
+    ]
+    assert rows[2].gate_results[0]["passed"] is False
+    if store.backend == "postgresql":  # one database holds MLflow's tables and the audit log's
+        engine = create_engine(store.audit_url)
+        assert {"model_versions", "restar_promotion_audit", "restar_promotion_lock"} <= set(
+            inspect(engine).get_table_names()
+        )
+        engine.dispose()
+
+
+def test_ten_concurrent_promotions(store: Store) -> None:
+    policy = Policy(name="race", gates=[{"name": "accuracy", "params": {"min": 0.0}}])
+    before = AuditLog(store.audit_url).history("restar", limit=1000)
+    start_version = production(store.url)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(10)
+
+    def attempt(index: int) -> None:
+        registry = Registry("restar", store.url)
+        promoter = Promoter(registry, AuditLog(store.audit_url), policy, actor=f"thread-{index}")
+        barrier.wait()
+        try:
+            outcomes.append(promoter.promote(1 + index % 2).decision)
+        except PromotionConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    rows = AuditLog(store.audit_url).history("restar", limit=1000)
+    new = sorted(rows[: len(rows) - len(before)], key=lambda r: r.id)
+    assert len(outcomes) == 10
+    assert len(new) == 10  # every attempt left exactly one record
+    moved = [r for r in new if r.decision == "moved"]
+    assert len(moved) == outcomes.count("moved") >= 1
+    holder = start_version
+    for row in moved:  # each move starts where the previous one ended: no move lost or doubled
+        assert row.previous_version == holder
+        holder = row.version
+    assert production(store.url) == holder
+
+
+def test_compose_wires_the_backend_store_as_tested() -> None:
+    """docker-compose.yml's MLflow reaches PostgreSQL with the driver tested here, and its image has it."""
+    services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("mlflow", "mlflow-auth"):
+        uri = services[name]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+        assert uri.startswith(f"{postgres_kit.SCHEME}://"), f"{name}: {uri}"
+        assert uri.endswith("@postgres:5432/${POSTGRES_DB:-mlflow}")
+    assert "psycopg2-binary" in (REPO_ROOT / "docker" / "mlflow.Dockerfile").read_text()
+    # restar-promote on the host keeps its audit log in the same database, on loopback
+    assert services["postgres"]["ports"] == ["127.0.0.1:5432:5432"]
