@@ -66,8 +66,19 @@ def _open_temp(target: Path) -> tuple[BinaryIO, Path | None]:
             if exc.errno not in NO_UNNAMED_FILES:
                 raise
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the output unreadable to anyone else
+    os.fchmod(fd, 0o666 & ~current_umask())  # as open() would create it; mkstemp's 0600 locks others out
     return os.fdopen(fd, "wb"), Path(name)
+
+
+def current_umask() -> int:
+    """The process's umask, read where Linux shows it rather than set and reset (which races threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _publish(handle: BinaryIO, temp: Path | None, target: Path) -> None:

@@ -93,11 +93,15 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     into the file (raised when that chunk is read).
     """
     kind = check_input_file(path)
+    header: pd.DataFrame | None = None
     rows = 0
     try:
         for chunk in _raw_chunks(path, kind, chunk_rows):
-            if rows == 0:
+            if header is None:
+                if not len(chunk.columns):  # blank lines only: not even a header names the columns
+                    raise no_rows_error(path)
                 check_text_column(path, list(chunk.columns))
+                header = chunk.iloc[:0]
             rows += len(chunk)
             if len(chunk):
                 yield chunk
@@ -107,8 +111,10 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         if isinstance(exc, PredictorError):
             raise
         raise unreadable_error(path, kind, exc) from exc
-    if rows == 0:
+    if header is None:
         raise no_rows_error(path)
+    if rows == 0:  # a header and no rows: the output is a header and no rows too
+        yield header
 
 
 def _raw_chunks(path: Path, kind: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -168,6 +174,12 @@ def model_load_errors(model_uri: str) -> Iterator[None]:
         raise PredictorError(f"cannot load model {model_uri}: {detail}") from exc
 
 
+# The prediction columns of an input with no rows.
+NO_PREDICTIONS = pd.DataFrame(
+    {name: pd.Series(dtype=object if name == "label" else "float64") for name in OUTPUT_COLUMNS}
+)
+
+
 def as_strings(values: pd.Series) -> list[str]:
     """A column as the strings the model's input schema takes: "" for missing values."""
     return ["" if is_blank(value) else str(value) for value in values]
@@ -181,11 +193,15 @@ def predict_frame(frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 
     for start in range(0, len(texts), batch_size):
         batch = slice(start, start + batch_size)
         chunks.append(predict_fn(texts[batch], None if titles is None else titles[batch]))
-    predictions = pd.concat(chunks, ignore_index=True)
+    predictions = pd.concat(chunks, ignore_index=True) if chunks else NO_PREDICTIONS
     if len(predictions) != len(frame):
         raise PredictorError(f"model returned {len(predictions)} rows for {len(frame)} inputs")
     passthrough = frame[passthrough_columns(list(frame.columns))].reset_index(drop=True)
     return pd.concat([passthrough, predictions[list(OUTPUT_COLUMNS)]], axis=1)
+
+
+def _text_if_null(field: pa.Field) -> pa.Field:
+    return field.with_type(pa.string()) if pa.types.is_null(field.type) else field
 
 
 class ChunkWriter:
@@ -200,13 +216,15 @@ class ChunkWriter:
     def write(self, frame: pd.DataFrame) -> None:
         if self.kind == "parquet":
             table = pa.Table.from_pandas(frame, preserve_index=False)
+            if not table.num_rows:  # empty object columns have no type to infer: they are text
+                table = table.cast(pa.schema([_text_if_null(field) for field in table.schema]))
             if self.parquet is None:
                 self.parquet = pq.ParquetWriter(self.handle, table.schema)
             # a later chunk may infer another type for a passthrough column (all-null, say): use the first's
             self.parquet.write_table(table.cast(self.parquet.schema))
         elif self.kind == "csv":
             frame.to_csv(self.handle, header=not self.started, index=False, encoding="utf-8")
-        else:
+        elif len(frame):  # no rows are no lines; pandas would write one empty line
             self.handle.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
         self.started = True
 

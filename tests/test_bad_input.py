@@ -221,7 +221,7 @@ def test_compressed_jsonl_is_read_as_it_is(tiny_model_dir: Path, tmp_path: Path)
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("in.csv", b"text\n", "no rows to predict"),
+        ("in.jsonl", b"\n \n", "no rows to predict"),
         ("in.csv.gz", gzip.compress(b"text\n" + b"a fine review\n" * 500)[:-40], "cannot read as csv"),
         ("in.csv.gz", b"not gzip at all", "cannot read as csv"),
         ("in.csv", b"text\ncaf\xe9\n", "cannot read as csv"),
@@ -230,7 +230,7 @@ def test_compressed_jsonl_is_read_as_it_is(tiny_model_dir: Path, tmp_path: Path)
         ("in.csv", b"review\nno text column here\n", "missing 'text' column"),
     ],
     ids=[
-        "header only",
+        "blank lines only",
         "truncated gzip",
         "not gzip",
         "invalid UTF-8",
@@ -249,11 +249,18 @@ def test_unusable_files_name_the_problem_and_write_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
-def test_header_only_parquet(tiny_model_dir: Path, tmp_path: Path) -> None:
-    path = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"text": pa.array([], pa.string())}), path)
-    with pytest.raises(PredictorError, match="no rows to predict"):
-        predict_file(path, tmp_path / "out.csv", str(tiny_model_dir), progress=False)
+@pytest.mark.parametrize("name", ["in.csv", "in.parquet"])
+def test_a_header_without_rows_is_answered_with_a_header_without_rows(
+    tiny_model_dir: Path, tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        path.write_bytes(b"text,stars\n")
+    else:
+        pq.write_table(pa.table({"text": pa.array([], pa.string()), "stars": pa.array([], pa.int64())}), path)
+    output = tmp_path / "out.csv"
+    assert predict_file(path, output, str(tiny_model_dir), progress=False) == 0
+    assert output.read_text().splitlines() == ["text,stars,label,confidence,p_neg,p_neu,p_pos"]
 
 
 # The MLflow pyfunc, loaded as consumers load it.

@@ -1,9 +1,12 @@
 import json
+import os
+import stat
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from registry.service import RegistryUnavailable
@@ -99,7 +102,7 @@ def test_mlflow_model_uri(tiny_model_dir: Path, tracking_uri: str, tmp_path: Pat
     [
         ("in.csv", "review,stars\nnice,5\n", "missing 'text' column"),
         ("in.csv", "", "input file is empty"),
-        ("in.csv", "text\n", "no rows to predict"),
+        ("in.jsonl", "\n\n", "no rows to predict"),
         ("in.jsonl", '{"text": "ok"}\n{"text": broken\n', "cannot read as jsonl"),
         ("in.parquet", "not parquet at all", "cannot read as parquet"),
         ("in.txt", "text\nhello\n", "unsupported file type '.txt'"),
@@ -115,6 +118,44 @@ def test_bad_input_names_the_problem_and_writes_nothing(
         predict_file(input_path, output_path, str(tiny_model_dir), progress=False)
     assert not output_path.exists()
     assert not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("output_name", ["out.csv", "out.parquet", "out.jsonl"])
+def test_a_header_without_rows_gives_the_columns_without_rows(
+    tiny_model_dir: Path, tmp_path: Path, output_name: str
+) -> None:
+    input_path = tmp_path / "in.csv"
+    input_path.write_text("id,text,title\n")
+    output_path = tmp_path / output_name
+    assert predict_file(input_path, output_path, str(tiny_model_dir), progress=False) == 0
+    if output_path.suffix == ".jsonl":
+        assert output_path.read_bytes() == b""  # JSON Lines has no header: no rows are no lines
+        return
+    out = read_output(output_path)
+    assert len(out) == 0
+    assert list(out.columns) == ["id", "text", "title", *OUTPUT_COLUMNS]
+    if output_path.suffix == ".parquet":
+        schema = pq.read_schema(output_path)
+        assert str(schema.field("label").type) == "string"
+        assert str(schema.field("text").type) == "string"
+        assert str(schema.field("confidence").type) == "double"
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named-temp"])
+@pytest.mark.parametrize("umask", [0o027, 0o002, 0o077])
+def test_outputs_are_created_as_the_umask_says(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool, umask: int
+) -> None:
+    if not unnamed:  # as on a kernel or file system without unnamed files
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    input_path = write_input(hard_frame(), tmp_path / "in.csv")
+    output_path = tmp_path / "out.csv"
+    previous = os.umask(umask)
+    try:
+        predict_file(input_path, output_path, str(tiny_model_dir), progress=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(output_path.stat().st_mode) == 0o666 & ~umask
 
 
 def test_missing_input_and_unknown_model_version(tracking_uri: str, tmp_path: Path) -> None:
