@@ -22,6 +22,16 @@ from restar.tracking import configure_tracking, read_run_record
 logger = logging.getLogger(__name__)
 
 PLOT_FILES = ("confusion_matrix.png", "risk_coverage.png", "reliability.png")
+# What `dvc metrics show` lists (metrics.json): the same few keys for every run, so its columns line up.
+# metrics_dev.json and metrics_eval.json keep every metric for the registry, MLflow and gates.
+HEADLINE_METRICS = (
+    "dev_macro_f1",
+    "eval_accuracy",
+    "eval_macro_f1",
+    "eval_coverage",
+    "eval_selective_accuracy",
+    "eval_ece",
+)
 
 
 def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, path: Path) -> None:
@@ -88,8 +98,17 @@ def reference_accuracy(model_dir: Path, frame: pd.DataFrame, accuracy: float) ->
     }
 
 
+def headline_metrics(run_dir: Path, eval_metrics: dict[str, float]) -> dict[str, float]:
+    """HEADLINE_METRICS from this evaluation and the run's metrics_dev.json (where training wrote one)."""
+    dev_file = run_dir / "metrics_dev.json"
+    dev = json.loads(dev_file.read_text()) if dev_file.is_file() else {}
+    found = dev | eval_metrics
+    return {name: found[name] for name in HEADLINE_METRICS if name in found}
+
+
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]:
-    """Write metrics_eval.json and plots/*.png under out_dir and log them to the training run."""
+    """Write metrics_eval.json, metrics.json (the headline for `dvc metrics show`) and plots/*.png
+    under out_dir, and log the metrics and plots to the training run."""
     configure_tracking()  # an unreachable tracking server stops here, before any work
     core = InferenceCore.from_dir(model_dir, batch_size=64)
     frame = pd.read_parquet(data_dir / "eval.parquet")
@@ -110,6 +129,8 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]
     plot_risk_coverage(calibrated, labels, core.metadata.abstain_threshold, plots_dir / "risk_coverage.png")
     plot_reliability(raw, calibrated, labels, core.metadata, plots_dir / "reliability.png")
     (out_dir / "metrics_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    headline = headline_metrics(out_dir, metrics)
+    (out_dir / "metrics.json").write_text(json.dumps(headline, indent=2) + "\n")
 
     run_id = read_run_record(out_dir / "mlflow_run.json")["run_id"]
     with mlflow.start_run(run_id=run_id):

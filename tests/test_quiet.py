@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,15 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from safetensors.torch import load_file, save_file
 
 from restar.calibration import fit_calibration
 from restar.config import TrainConfig
+from restar.evaluate import HEADLINE_METRICS, headline_metrics
 from restar.fetch_model import packaged_encoder_dir
 from restar.finetune import build_trainer, load_encoder, to_dataset
 from restar.inference import InferenceCore, model_kinds
 from restar.onnx_backend import convert
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMERS_NOISE = ("LOAD REPORT", "MISSING", "UNEXPECTED", "Loading weights")
 
 
@@ -100,3 +106,39 @@ def test_onnx_export_warns_of_nothing(tiny_model_dir: Path, tmp_path: Path) -> N
     with no_warnings():
         convert(model_dir, "onnx")
     assert (model_dir / "model.onnx").is_file()
+
+
+# --- `dvc metrics show`: a few headline columns, filled for every run -------------------------------
+
+
+def test_dvc_metrics_show_lines_up_the_runs(tmp_path: Path) -> None:
+    declared = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    shown = [next(iter(entry)) for stage in declared.values() for entry in stage.get("metrics", [])]
+    assert shown and all(path.endswith("/metrics.json") for path in shown)
+    for name, stage in declared.items():  # the detailed files stay outputs: register and the gates read them
+        if stage.get("metrics"):
+            outs = [next(iter(out)) if isinstance(out, dict) else out for out in stage["outs"]]
+            assert any(out.endswith("/metrics_eval.json") for out in outs), name
+
+    (tmp_path / "dvc.yaml").write_text((REPO_ROOT / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    for number, path in enumerate(shown):
+        run_dir = (tmp_path / path).parent
+        run_dir.mkdir(parents=True)
+        dev = {"dev_accuracy": 0.8, "dev_macro_f1": 0.5 + number / 10, "temperature": 1.1}
+        (run_dir / "metrics_dev.json").write_text(json.dumps(dev))
+        evaluation = {
+            f"eval_{name}": 0.7 for name in ("accuracy", "macro_f1", "coverage", "ece", "f1_neutral")
+        }
+        evaluation |= {"eval_selective_accuracy": 0.9, "eval_rows": 1000}
+        (run_dir / "metrics.json").write_text(json.dumps(headline_metrics(run_dir, evaluation)))
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    result = subprocess.run(
+        [*dvc, "metrics", "show", "--json"], cwd=tmp_path, check=True, capture_output=True, text=True
+    )
+    rows = json.loads(result.stdout)[""]["data"]
+    assert sorted(rows) == sorted(shown)
+    for path, row in rows.items():
+        assert list(row["data"]) == list(HEADLINE_METRICS), path  # every column filled for every run
+    assert rows[shown[0]]["data"]["dev_macro_f1"] == 0.5
