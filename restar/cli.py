@@ -809,6 +809,7 @@ def serve_stop_command(home: Path | None) -> None:
 @serve_group.command("status")
 @home_option
 @json_option
+@user_errors
 def serve_status_command(home: Path | None, as_json: bool) -> None:
     """Show the running server: pid, URL, model version, key file, log folder.
 

@@ -161,6 +161,10 @@ def check_config(config_text: str) -> None:
         raise ServeError("token authorization must stay on (disable_token_authorization=false)")
     if props.get("enable_model_api", "false").lower() != "false":
         raise ServeError("the model API must stay off (enable_model_api=false)")
+    if props.get("enable_envvars_config", "false").lower() != "false":
+        raise ServeError(
+            "TS_* environment variables must not override the config (enable_envvars_config=false)"
+        )
 
 
 def server_config(config: Path, ports: list[int] | None) -> str:
@@ -173,7 +177,10 @@ def server_config(config: Path, ports: list[int] | None) -> str:
 def read_state(home: ServeHome) -> ServeState | None:
     if not home.state_file.is_file():
         return None
-    return ServeState(**json.loads(home.state_file.read_text()))
+    try:
+        return ServeState(**json.loads(home.state_file.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ServeError(f"{home.state_file} is not a `restar serve` record ({exc}); remove it") from exc
 
 
 def write_state(home: ServeHome, state: ServeState) -> None:
@@ -212,11 +219,15 @@ def archive_version(mar: Path) -> str | None:
 
 
 def served_version(server: LocalTorchServe) -> str | None:
-    """The version TorchServe says it loaded (the management API's model description)."""
+    """The version TorchServe says it loaded (the management API's model description); None if it
+    does not say."""
     headers = {"Authorization": f"Bearer {server.keys['management']}"}
-    response = requests.get(f"{server.management_url}/models/{MODEL}", headers=headers, timeout=10)
-    response.raise_for_status()
-    return response.json()[0].get("modelVersion")
+    try:
+        response = requests.get(f"{server.management_url}/models/{MODEL}", headers=headers, timeout=10)
+        response.raise_for_status()
+        return response.json()[0].get("modelVersion")
+    except (requests.RequestException, ValueError, KeyError, IndexError, AttributeError):
+        return None
 
 
 def start(
@@ -254,7 +265,7 @@ def start(
         if gateway_port is not None:
             gw = launch_gateway(server.inference_url, home.gateway_dir, gateway_port)
             state = ServeState(**{**asdict(state), "gateway_pid": gw.process.pid, "gateway_url": gw.url})
-    except (TorchServeError, GatewayError, requests.RequestException) as exc:
+    except (TorchServeError, GatewayError) as exc:
         _stop_process_group(server.process.pid, home, timeout=60)
         forget(home)
         raise ServeError(f"{exc}\nTorchServe's logs: {home.log_dir}") from exc

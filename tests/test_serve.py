@@ -80,6 +80,7 @@ def test_the_shipped_config_keeps_the_serving_rules() -> None:
         (("grpc_management_address=127.0.0.1\n", ""), "grpc_management_address"),
         (("disable_token_authorization=false", "disable_token_authorization=true"), "token"),
         (("enable_model_api=false", "enable_model_api=true"), "model API"),
+        (("enable_envvars_config=false", "enable_envvars_config=true"), "TS_"),
     ],
 )
 def test_a_config_that_breaks_the_rules_is_refused(change: tuple[str, str], message: str) -> None:
@@ -123,6 +124,13 @@ def test_a_stale_record_is_removed_with_its_key_file(tmp_path: Path) -> None:
     assert result.exit_code == 3
     assert json.loads(result.output)["running"] is False
     assert not home.state_file.exists() and not home.key_file.exists()
+
+
+def test_a_damaged_record_is_named(tmp_path: Path) -> None:
+    (tmp_path / "serve.json").write_text("{not json")
+    result = CliRunner().invoke(cli, ["serve", "status", "--home", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "serve.json is not a `restar serve` record" in result.output
 
 
 def test_start_refuses_while_a_server_is_recorded_running(tmp_path: Path) -> None:
