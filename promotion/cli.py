@@ -145,7 +145,8 @@ def write_release_report(promoter: Promoter, decision: Decision, as_json: bool) 
     except Exception as exc:  # any report failure leaves the move standing
         click.echo(f"WARNING: v{decision.version} moved, but its report failed: {exc}", err=True)
         return
-    click.echo(f"report: {path}", err=as_json)  # --json keeps stdout a single document
+    if not as_json:  # --json output stays one document (the report is logged to the run)
+        click.echo(f"report: {path}")
 
 
 def policy_option(command: Any) -> Any:

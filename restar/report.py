@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ PLOTS = {
     "reliability.png": "Reliability before and after calibration (eval)",
 }
 PLOT_ARTIFACT_DIR = "plots"
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 # Gates that time the model instead of reading the version: the report shows what they recorded at
 # promotion (the audit log) and runs them only when asked, since a run takes minutes.
 MEASURED_GATES = (LatencyGate,)
@@ -215,13 +218,27 @@ def metrics_section(version: VersionInfo) -> str:
     return section("Metrics", body)
 
 
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bars on stderr for three small PNGs (restar-promote --json prints one document)."""
+    previous = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = previous
+
+
 def plot_images(registry: Registry, version: VersionInfo) -> dict[str, str]:
     """Each plot the version's run logged, as base64 PNG; plots it did not log are left out."""
     if not version.run_id:
         return {}
     logged = {item.path for item in registry.client.list_artifacts(version.run_id, PLOT_ARTIFACT_DIR)}
     images = {}
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, quiet_downloads():
         for name in PLOTS:
             artifact = f"{PLOT_ARTIFACT_DIR}/{name}"
             if artifact in logged:

@@ -227,13 +227,38 @@ def test_report_plots_are_the_ones_evaluate_logs() -> None:
     assert tuple(PLOTS) == PLOT_FILES
 
 
+def register_one(uri: str, model_dir: Path, plot: Path | None = None) -> str:
+    """Version 1 of `restar` in the store at `uri` (optionally with one plot in its run); its run id."""
+    with mlflow.start_run() as run:
+        info = log_pyfunc(model_dir)
+        if plot:
+            mlflow.log_artifact(str(plot), "plots")
+    Registry("restar", uri).register(info.model_uri, run.info.run_id, {}, {"eval_accuracy": 0.5})
+    return run.info.run_id
+
+
+def test_json_promotion_prints_one_document_and_still_logs_the_report(
+    tracking_uri: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RESTAR_AUDIT_DB_URL", raising=False)
+    plot = tmp_path / "reliability.png"
+    Image.new("RGB", (40, 30), "navy").save(plot)
+    run_id = register_one(tracking_uri, tiny_model_dir, plot)
+    policy = write_policy(tmp_path / "p.yaml", [{"name": "accuracy", "params": {"min": 0.1}}])
+    result = promote("--version", "1", "--policy", str(policy), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["decision"] == "moved"  # no path, no progress bar in the way
+    logged = [item.path for item in MlflowClient(tracking_uri).list_artifacts(run_id, "reports")]
+    assert logged == ["reports/restar-v1.html"]
+    page = (tmp_path / "outputs/reports/restar-v1.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and page.count("not recorded for this version") == 2
+
+
 def test_a_failed_report_does_not_fail_the_move(
     tracking_uri: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RESTAR_AUDIT_DB_URL", raising=False)
-    with mlflow.start_run() as run:
-        info = log_pyfunc(tiny_model_dir)
-    Registry("restar", tracking_uri).register(info.model_uri, run.info.run_id, {}, {"eval_accuracy": 0.5})
+    register_one(tracking_uri, tiny_model_dir)
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "reports").write_text("a file where the report folder should be")
     policy = write_policy(tmp_path / "p.yaml", [{"name": "accuracy", "params": {"min": 0.1}}])
