@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,9 @@ def archive(
         str(export_dir),
         "--force",
     ]
-    done = subprocess.run(command, capture_output=True, text=True)
+    # The archiver stages files in $TMPDIR/<model_name>: a private TMPDIR keeps concurrent exports apart.
+    with tempfile.TemporaryDirectory(prefix="restar-archiver-") as scratch:
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TMPDIR": scratch})
     if done.returncode != 0:
         raise ExportError(f"torch-model-archiver failed: {done.stderr.strip() or done.stdout.strip()}")
     return export_dir / f"{model_name}.mar"
