@@ -41,6 +41,9 @@ class Policy(BaseModel):
     model: str = "restar"
     alias: str = "production"
     gates: list[GateSpec] = Field(min_length=1)
+    # A command (argv, no shell) run after each move of the alias, with RESTAR_MODEL, RESTAR_ALIAS and
+    # RESTAR_VERSION set: e.g. `restar follow --once ...` where the registry sends no webhooks.
+    post_promote: list[str] = Field(default_factory=list)
 
     def gate_param(self, gate: str, key: str) -> object | None:
         """A parameter of the first gate of that name, e.g. the accuracy gate's `min`; None without one."""

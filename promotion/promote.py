@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import uuid
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from registry.audit import AuditLog, AuditRecord
 from registry.service import STAGING, Registry, RegistryError, RegistryUnavailable, VersionInfo
 
 logger = logging.getLogger(__name__)
+POST_PROMOTE_TIMEOUT_S = 900
 
 
 class PromotionError(Exception):
@@ -223,6 +225,36 @@ class Promoter:
             decision.decision = "moved"
             self.audit.settle(record.id, "moved")
         self._tag(decision)
+        self._post_promote(decision)
+
+    def _post_promote(self, decision: Decision) -> None:
+        """The policy's post_promote command; a failure is a warning, the move stands."""
+        if not self.policy.post_promote:
+            return
+        env = {
+            **os.environ,
+            "RESTAR_MODEL": decision.model,
+            "RESTAR_ALIAS": decision.alias,
+            "RESTAR_VERSION": str(decision.version),
+        }
+        command = " ".join(self.policy.post_promote)
+        try:
+            done = subprocess.run(
+                self.policy.post_promote,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=POST_PROMOTE_TIMEOUT_S,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            logger.warning("post_promote %r did not run to the end: %s", command, exc)
+            return
+        if done.returncode != 0:
+            logger.warning(
+                "post_promote %r exited %d: %s", command, done.returncode, done.stderr.strip()[-2000:]
+            )
+        else:
+            logger.info("post_promote %r done", command)
 
     def _set_alias(self, decision: Decision, record: AuditRecord) -> None:
         try:
@@ -261,7 +293,10 @@ class Promoter:
                 decision.version,
                 {
                     f"restar.{self.alias}.decision": f"{decision.action}:{decision.decision}",
-                    f"restar.{self.alias}.gates": json.dumps([gate.as_dict() for gate in decision.gates]),
+                    # One short line for the registry's versions table; the audit log keeps the values.
+                    f"restar.{self.alias}.gates": " ".join(
+                        f"{gate.gate}:{'pass' if gate.passed else 'FAIL'}" for gate in decision.gates
+                    ),
                     f"restar.{self.alias}.policy": self.policy.name,
                 },
             )

@@ -195,9 +195,12 @@ class Management:
         return int(response.json()[0]["modelVersion"])
 
     def register(self, archive: str) -> None:
-        """Register `archive` (a file name in the model store) with one worker; returns once it loaded."""
+        """Register `archive` (a file name in the model store) with one worker, asynchronously: a
+        synchronous registration (TorchServe's default) holds a frontend event-loop thread until the
+        worker is up, and the inference connections that thread also serves stall with it (48 s in
+        tests/test_follow.py). Callers wait for READY."""
         response = self._call(
-            "POST", "/models", url=archive, model_name=self.model, initial_workers=1, synchronous="true"
+            "POST", "/models", url=archive, model_name=self.model, initial_workers=1, synchronous="false"
         )
         if response.status_code == HTTPStatus.CONFLICT:  # already registered: nothing to do
             return
@@ -284,7 +287,12 @@ class Follower:
                 archive = self.export(version)
                 logger.info("v%d: registering %s", version, archive)
                 self.management.register(archive)
-            self._wait_ready(version)
+            try:
+                self._wait_ready(version)
+            except FollowError:
+                if version != default:  # a version that cannot serve does not stay registered
+                    self.management.unregister(version)
+                raise
             if default != version:
                 self.management.set_default(version)
                 logger.info("v%d: now the default version: new requests go to it", version)

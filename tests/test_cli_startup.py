@@ -52,6 +52,7 @@ def loaded_heavy_modules(module: str, args: list[str]) -> list[str]:
         ),
         ("restar.cli", ["report", "--help"]),
         ("restar.cli", ["serve", "--help"]),
+        ("restar.cli", ["follow", "--help"]),
         ("restar.cli", ["no-such-command"]),
         ("promotion.cli", ["--help"]),
         ("promotion.cli", ["status", "--help"]),
