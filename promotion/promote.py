@@ -16,7 +16,6 @@ for the MLflow UI: failing to write them is a warning.
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import socket
