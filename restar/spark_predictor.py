@@ -13,7 +13,7 @@ import logging
 import lzma
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,8 +33,8 @@ from restar.predictor import (
     check_text_column,
     file_format,
     model_load_errors,
-    no_rows_error,
     passthrough_columns,
+    predict_frame,
     unreadable_error,
 )
 from restar.text import TEXT_COLUMN, TITLE_COLUMN
@@ -109,8 +109,7 @@ def model_udf(spark: SparkSession, model_dir: Path):
     """
     import mlflow.pyfunc
 
-    with model_load_errors(str(model_dir)):
-        return mlflow.pyfunc.spark_udf(spark, str(model_dir), result_type=RESULT_TYPE, env_manager="local")
+    return mlflow.pyfunc.spark_udf(spark, str(model_dir), result_type=RESULT_TYPE, env_manager="local")
 
 
 def json_column_order(path: Path, columns: Sequence[str]) -> list[str]:
@@ -200,13 +199,22 @@ def ordered_batches(parts: Sequence[Path], batch_rows: int) -> Iterator[pd.DataF
             yield frame
 
 
-def publish(parts: Sequence[Path], output_path: Path, batch_rows: int) -> int:
-    """Write Spark's parts, in order, as the one output file the local engine would write."""
+def no_rows_output(frame: DataFrame) -> pd.DataFrame:
+    """What the local engine writes for a header without rows: the same columns, no rows."""
+    return predict_frame(frame.limit(0).toPandas(), _no_model)
+
+
+def _no_model(texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame:
+    raise RuntimeError("predict_frame called the model for no rows")
+
+
+def publish(frames: Iterable[pd.DataFrame], output_path: Path) -> int:
+    """Write `frames` as the one output file the local engine would write."""
     rows = 0
     with atomic_file(output_path) as handle:
         writer = ChunkWriter(handle, file_format(output_path))
         try:
-            for frame in ordered_batches(parts, batch_rows):
+            for frame in frames:
                 writer.write(frame)
                 rows += len(frame)
             writer.close()
@@ -235,19 +243,22 @@ def predict_file_spark(
     file_format(output_path)  # an unknown output type fails before any work
     frame = read_input(spark, input_path)
     try:
-        if frame.isEmpty():
-            raise no_rows_error(input_path)
+        empty = frame.isEmpty()
     except SPARK_ERRORS as exc:
         raise unreadable_error(input_path, file_format(input_path, compressed=True), exc) from exc
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     partitions = max(spark.sparkContext.defaultParallelism, frame.rdd.getNumPartitions())
     with staging_dir(output_path) as staging:
-        udf = model_udf(spark, resolve_model(model_uri, staging / "model"))
+        model_dir = resolve_model(model_uri, staging / "model")  # a missing model fails here either way
+        if empty:
+            return publish([no_rows_output(frame)], output_path)
         try:
-            scored(in_order_partitions(frame, partitions), udf).write.parquet(str(staging / "parts"))
+            scored(in_order_partitions(frame, partitions), model_udf(spark, model_dir)).write.parquet(
+                str(staging / "parts")
+            )
         except SPARK_ERRORS as exc:
             logger.debug("spark job failed", exc_info=True)
             raise job_error(input_path, exc) from exc
-        rows = publish(part_files(staging / "parts"), output_path, chunk_rows)
+        rows = publish(ordered_batches(part_files(staging / "parts"), chunk_rows), output_path)
     logger.info("wrote %d predictions to %s", rows, output_path)
     return rows

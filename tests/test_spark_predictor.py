@@ -178,6 +178,7 @@ def test_the_model_is_resolved_once_on_the_driver(
 
     def udf(session, model_uri: str, **kwargs):
         udf_uris.append(model_uri)
+        assert (Path(model_uri) / "MLmodel").is_file()  # a local copy, not a registry URI
         return real_udf(session, model_uri, **kwargs)
 
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download)
@@ -185,7 +186,7 @@ def test_the_model_is_resolved_once_on_the_driver(
     predict_file_spark(source, tmp_path / "spark.parquet", "models:/restar@production", spark)
 
     assert downloads == ["models:/restar@production"]
-    assert len(udf_uris) == 1 and (Path(udf_uris[0]) / "MLmodel").is_file()
+    assert len(udf_uris) == 1
     assert_same_predictions(tmp_path / "spark.parquet", tmp_path / "local.parquet", 40)
 
 
@@ -245,20 +246,31 @@ def test_a_missing_model_leaves_no_output(spark, tracking_uri: str, tmp_path: Pa
         ("empty.jsonl", ""),
         ("reviews.txt", "text\ngood\n"),
         ("missing.parquet", None),
-        ("header_only.parquet", pd.DataFrame({"text": pd.Series([], dtype=object)})),
     ],
 )
 def test_input_errors_match_the_local_engine(
-    spark, pyfunc_dir: Path, tmp_path: Path, name: str, content: str | pd.DataFrame | None
+    spark, pyfunc_dir: Path, tmp_path: Path, name: str, content: str | None
 ) -> None:
     source = tmp_path / name
-    if isinstance(content, str):
+    if content is not None:
         source.write_text(content)
-    elif content is not None:
-        content.to_parquet(source)
     with pytest.raises(PredictorError) as local:
         predict_file(source, tmp_path / "local.csv", str(pyfunc_dir), progress=False)
     with pytest.raises(PredictorError) as distributed:
         predict_file_spark(source, tmp_path / "spark.csv", str(pyfunc_dir), spark)
     assert str(distributed.value) == str(local.value)
     assert left_in(tmp_path) == ([] if content is None else [name])
+
+
+@pytest.mark.parametrize("name", ["header_only.csv", "header_only.parquet"])
+def test_a_header_without_rows_gives_the_columns_and_no_rows(
+    spark, pyfunc_dir: Path, tmp_path: Path, name: str
+) -> None:
+    source = write(reviews(0), tmp_path / name)
+    rows = predict_file_spark(source, tmp_path / "spark.jsonl", str(pyfunc_dir), spark)
+    predict_file(source, tmp_path / "local.csv", str(pyfunc_dir), progress=False)
+    predict_file_spark(source, tmp_path / "spark.csv", str(pyfunc_dir), spark)
+
+    assert rows == 0 and (tmp_path / "spark.jsonl").read_bytes() == b""
+    assert (tmp_path / "spark.csv").read_text() == (tmp_path / "local.csv").read_text()
+    assert (tmp_path / "spark.csv").read_text() == "id,title,text,rating,label,confidence,p_neg,p_neu,p_pos\n"
