@@ -31,6 +31,7 @@ from restar.follow import (
     DELIVERY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Management,
     Receiver,
     SignatureError,
     Worker,
@@ -398,3 +399,30 @@ def test_production_moves_roll_torchserve_with_no_failed_request(
         follower.terminate()
         follower.wait(timeout=30)
         server.stop()
+
+
+@pytest.mark.slow
+def test_an_expired_management_key_is_renewed(tmp_path: Path) -> None:
+    """TorchServe's keys expire (token_expiration_min); the follower renews its key with the API key."""
+    config = local_config(REPO_ROOT / "torchserve" / "config.follow.properties", free_ports(5))
+    config = config.replace("token_expiration_min=60", "token_expiration_min=1")
+    (tmp_path / "store").mkdir()
+    server = launch_torchserve(tmp_path / "store", config, tmp_path / "run", tmp_path / "run" / "ts.log")
+    try:
+        key_file = server.workdir / "key_file.json"
+        wait_for(key_file.is_file, 120, "key_file.json")
+        management = Management(server.management_url, key_file)
+        wait_for(lambda: _answers(management), 120, "the management API")
+        old_key = json.loads(key_file.read_text())["management"]["key"]
+        time.sleep(65)
+        assert management.versions() == []  # refused with the old key, renewed, asked again
+        assert json.loads(key_file.read_text())["management"]["key"] != old_key
+    finally:
+        server.stop()
+
+
+def _answers(management: Management) -> bool:
+    try:
+        return management.versions() == []
+    except (requests.ConnectionError, ValueError, KeyError):
+        return False
