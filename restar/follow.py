@@ -589,7 +589,7 @@ def follow_command(
 ) -> None:
     """Serve what `production` holds: roll TorchServe to each version the alias moves to.
 
-    Reads the registry from MLFLOW_TRACKING_URI. Set up once, then run the receiver:
+    Reads the registry from MLFLOW_TRACKING_URI. Example: set up once, then run the receiver:
 
     \b
         export RESTAR_WEBHOOK_SECRET=$(openssl rand -hex 32)

@@ -37,6 +37,7 @@ def test_all_commands_present() -> None:
         "evaluate",
         "export-torchserve",
         "fetch-model",
+        "follow",
         "freeze",
         "predict",
         "prepare",
@@ -44,6 +45,7 @@ def test_all_commands_present() -> None:
         "register",
         "registry",
         "report",
+        "serve",
         "train",
         "train-baseline",
     }
