@@ -27,6 +27,7 @@ from promotion.gates import GateResult, LatencyGate
 from promotion.policy import Policy, build_gates
 from promotion.promote import run_gates
 from registry.audit import AuditLog, AuditRecord
+from registry.errors import VersionNotFound
 from registry.service import Registry, VersionInfo
 from restar.output_files import atomic_file, write_error
 
@@ -141,6 +142,24 @@ def recorded_gate(name: str, version: int, records: Sequence[AuditRecord]) -> Ga
     return None
 
 
+def baseline(
+    registry: Registry, policy: Policy, version: VersionInfo, records: Sequence[AuditRecord]
+) -> VersionInfo | None:
+    """What gates compare `version` with: the alias holder, or for the holder itself the version its
+    last move replaced (as at its promotion)."""
+    holder = registry.alias_version(policy.alias)
+    if holder is None or holder.version != version.version:
+        return holder
+    moves = [r for r in records if r.version == version.version and r.alias == policy.alias]
+    replaced = next((r.previous_version for r in reversed(moves) if r.decision == "moved"), None)
+    if replaced is None:
+        return holder
+    try:
+        return registry.version(replaced)
+    except VersionNotFound:  # deleted since
+        return holder
+
+
 def gate_rows(
     registry: Registry,
     policy: Policy,
@@ -152,8 +171,8 @@ def gate_rows(
     show their recorded result unless `measure`."""
     gates = build_gates(policy)
     live = [gate for gate in gates if measure or not isinstance(gate, MEASURED_GATES)]
-    production = registry.alias_version(policy.alias)
-    results = dict(zip(map(id, live), run_gates(live, version, production), strict=True))
+    compared_with = baseline(registry, policy, version, records)
+    results = dict(zip(map(id, live), run_gates(live, version, compared_with), strict=True))
     rows = []
     for gate in gates:
         if id(gate) in results:

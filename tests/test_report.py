@@ -205,14 +205,18 @@ def test_report_is_self_contained_with_gates_plots_lineage_and_audit(in_store: S
 
 def test_a_version_without_logged_plots_says_so(in_store: Store, tmp_path: Path) -> None:
     out = tmp_path / "v2.html"
-    code, output = report("production", "--policy", str(in_store.root / "loose.yaml"), "--out", str(out))
+    gates = [{"name": "accuracy", "params": {"min": 0.0}}, {"name": "latency"}, {"name": "no_regression"}]
+    policy = write_policy(tmp_path / "release.yaml", gates)
+    code, output = report("production", "--policy", str(policy), "--out", str(out))
     assert code == 0, output
     page = out.read_text()
     assert "<img" not in page
     assert page.count("not recorded for this version") >= len(PLOTS)
-    gates = tables(page)["Promotion gates"]
-    assert row(gates, "latency")[1] == "n/a"  # v2 was promoted by a policy without a latency gate
-    assert row(gates, "accuracy")[1] == "PASS"
+    rows = tables(page)["Promotion gates"]
+    assert row(rows, "latency")[1] == "n/a"  # v2 was promoted by a policy without a latency gate
+    assert row(rows, "accuracy")[1] == "PASS"
+    regression = row(rows, "no_regression")  # against v1, which v2 replaced, as at its promotion
+    assert regression[1] == "PASS" and "production v1" in regression[5] and regression[4] == "0.01"
 
 
 def test_unknown_version_and_bad_policy_are_user_errors(in_store: Store, tmp_path: Path) -> None:
