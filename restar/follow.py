@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -259,6 +259,8 @@ class Follower:
     management: Management
     export: Callable[[int], str]  # version -> archive file name in the model store
     production: Callable[[], int | None]  # the version the alias holds now, from the registry
+    # raises FollowError when `version` may not be served (moved past the gates); None: no check
+    check: Callable[[int], None] | None = None
     ready_timeout_s: float = 300
     drain_quiet_s: float = 2.0  # an old version's queue must stay empty this long (> one batch)
     drain_timeout_s: float = 120
@@ -271,6 +273,8 @@ class Follower:
         if version is None:
             logger.warning("no version holds the alias: serving stays as it is")
             return "no production"
+        if self.check is not None:
+            self.check(version)
         return self.roll_to(version)
 
     def roll_to(self, version: int) -> str:
@@ -361,6 +365,9 @@ class Worker:
                 return
             try:
                 self.last_result = self.follower.reconcile()
+            except FollowError as exc:
+                self.last_result = f"failed: {exc}"
+                logger.error("%s", exc)
             except Exception as exc:  # keep following: the next event (or poll) retries
                 self.last_result = f"failed: {exc}"
                 logger.exception("roll failed; the next event or poll retries")
@@ -481,6 +488,43 @@ class FollowSettings:
     alias: str = "production"
     handler: Path = REPO_ROOT / "torchserve" / "handler.py"
     model_config: Path = REPO_ROOT / "torchserve" / "model-config.yaml"
+    audit_url: str | None = None  # default: as restar-promote (RESTAR_AUDIT_DB_URL, else beside the store)
+    allow_unaudited: bool = False
+    audit_wait_s: float = 30
+
+
+def audited_moves(settings: FollowSettings) -> Callable[[int], None]:
+    """A check that `version` got the alias through restar-promote (the export guard's rule).
+
+    restar-promote settles its audit row just after it moves the alias, and the webhook may arrive
+    in between: the check waits up to `audit_wait_s` for the row before it refuses."""
+    from registry.store import default_audit_url
+    from restar.export_torchserve import last_audited_move
+
+    url = settings.audit_url or default_audit_url()
+
+    def check(version: int) -> None:
+        deadline = time.monotonic() + settings.audit_wait_s
+        while True:
+            last = last_audited_move(url, settings.model, settings.alias)
+            if last is not None and last.version == version:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        problem = (
+            f"v{version} holds {settings.alias}, but the audit log has no restar-promote move that put it "
+            f"there (moved past the gates, e.g. in the MLflow UI)"
+        )
+        if settings.allow_unaudited:
+            logger.warning("serving it anyway (--allow-unaudited): %s", problem)
+            return
+        raise FollowError(
+            f"{problem}: serving stays as it is. Put v{version} through the gates with restar-promote, "
+            f"or roll back; --allow-unaudited serves such versions"
+        )
+
+    return check
 
 
 def build_follower(settings: FollowSettings) -> Follower:
@@ -490,7 +534,9 @@ def build_follower(settings: FollowSettings) -> Follower:
         )
 
     management = Management(settings.management_url, settings.key_file, settings.model)
-    return Follower(management, export, registry_production(settings.model, settings.alias))
+    return Follower(
+        management, export, registry_production(settings.model, settings.alias), audited_moves(settings)
+    )
 
 
 def run(settings: FollowSettings, secret: str, host: str, port: int, poll_s: float | None = None) -> None:
@@ -574,6 +620,17 @@ def cleanup_exports(model_store: Path) -> None:
     metavar="URL",
     help="Create (or update) the registry webhook that posts alias events to URL, then exit.",
 )
+@click.option(
+    "--audit-db",
+    "audit_url",
+    envvar="RESTAR_AUDIT_DB_URL",
+    help="SQLAlchemy URL of restar-promote's audit log [default: next to the MLflow store].",
+)
+@click.option(
+    "--allow-unaudited",
+    is_flag=True,
+    help="Also serve a version moved past the gates (e.g. in the MLflow UI); by default it is refused.",
+)
 def follow_command(
     management_url: str,
     key_file: Path,
@@ -586,6 +643,8 @@ def follow_command(
     poll: float | None,
     once: bool,
     webhook_url: str | None,
+    audit_url: str | None,
+    allow_unaudited: bool,
 ) -> None:
     """Serve what `production` holds: roll TorchServe to each version the alias moves to.
 
@@ -599,6 +658,7 @@ def follow_command(
     from registry.errors import RegistryError
 
     settings = FollowSettings(management_url, key_file, model_store, model, alias)
+    settings = replace(settings, audit_url=audit_url, allow_unaudited=allow_unaudited)
     secret = os.environ.get(secret_env, "") if not once else ""
     if not once and not secret:
         raise click.BadParameter(

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -31,10 +31,14 @@ from restar.follow import (
     DELIVERY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Follower,
+    FollowError,
+    FollowSettings,
     Management,
     Receiver,
     SignatureError,
     Worker,
+    audited_moves,
     make_server,
     sign,
     verify,
@@ -201,6 +205,26 @@ def test_the_policy_post_promote_command_runs_after_each_move(tmp_path: Path) ->
     ]
 
 
+def test_only_versions_moved_by_restar_promote_are_served(tmp_path: Path) -> None:
+    """The export guard's rule: a version set past the gates (the MLflow UI's alias pencil) is refused."""
+    audit_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    policy = Policy(name="open", gates=[{"name": "accuracy", "params": {"min": 0.0}}])
+    Promoter(FakeRegistry({1: 0.9, 2: 0.9}), AuditLog(audit_url), policy, actor="t").promote(1)  # type: ignore[arg-type]
+    settings = FollowSettings("http://127.0.0.1:1", tmp_path / "key_file.json", tmp_path, audit_wait_s=0.2)
+    check = audited_moves(replace(settings, audit_url=audit_url))
+    check(1)
+    with pytest.raises(
+        FollowError, match="v2 holds production, but the audit log has no restar-promote move"
+    ):
+        check(2)
+    audited_moves(replace(settings, audit_url=audit_url, allow_unaudited=True))(2)
+
+    # No management API at all: a roll would fail with AttributeError, not the refusal.
+    follower = Follower(management=None, export=str, production=lambda: 2, check=check)  # type: ignore[arg-type]
+    with pytest.raises(FollowError):
+        follower.reconcile()
+
+
 # --- end to end ---------------------------------------------------------------------------------------
 
 
@@ -345,6 +369,7 @@ def test_production_moves_roll_torchserve_with_no_failed_request(
         **os.environ,
         "MLFLOW_TRACKING_URI": registry_server,
         "RESTAR_WEBHOOK_SECRET": SECRET,
+        "RESTAR_AUDIT_DB_URL": f"sqlite:///{tmp_path / 'audit.db'}",  # the follower serves audited moves only
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
     }
     (port,) = free_ports(1)
