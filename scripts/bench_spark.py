@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def run(engine: str, master: str, model_uri: str, source: Path, target: Path) ->
         "seconds": round(seconds, 1),
         "rows_per_s": round(rows / seconds, 1),
         "peak_rss_mb": round(peak, 1),
+        "hours_per_million_rows": round(1e6 * seconds / rows / 3600, 2),  # at this rate
     }
 
 
@@ -133,7 +135,9 @@ def main() -> None:
     parser.add_argument("--model-uri", default="models:/restar@production", help="Model both engines use.")
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "data/frozen/eval.parquet")
     parser.add_argument("--master", default=f"local[{SPARK_SLOTS}]", help="Spark master.")
-    parser.add_argument("--work", type=Path, default=REPO_ROOT / "outputs/bench_spark")
+    parser.add_argument(
+        "--work", type=Path, default=Path(tempfile.gettempdir()) / "restar_bench_spark", help="Scratch."
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results/bench/spark.json")
     args = parser.parse_args()
 
