@@ -385,8 +385,11 @@ def predict_command(
                   --input reviews.parquet --output predictions.parquet
     """
     if engine == "spark":
+        from restar.predictor import check_input_file, file_format
         from restar.spark_predictor import predict_file_spark, spark_session
 
+        check_input_file(input_path)  # bad paths fail before a JVM starts
+        file_format(output_path)
         spark = spark_session(master, spark_conf)
         rows = predict_file_spark(
             input_path, output_path, model_uri, spark, batch_size=batch_size, chunk_rows=chunk_rows
