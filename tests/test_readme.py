@@ -79,12 +79,15 @@ def test_readme_quickstart_and_serving_blocks_run_on_a_fresh_clone(tmp_path: Pat
             pytest.skip(f"{tool} is not installed")
     readme = (REPO_ROOT / "README.md").read_text()
     clone = fresh_clone(tmp_path / "clone")
+    # As a user's shell after `source .venv/bin/activate` (the README asks for it once per shell).
     env = {
         **os.environ,
+        "PATH": f"{clone / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(clone / ".venv"),
         "RESTAR_DATA_DIR": os.environ.get("RESTAR_DATA_DIR", str(SHARED_DATA)),
         "HOME": str(tmp_path / "home"),  # anything written "outside the tree" lands here
     }
-    for variable in ("MLFLOW_TRACKING_URI", "RESTAR_AUDIT_DB_URL", "VIRTUAL_ENV"):
+    for variable in ("MLFLOW_TRACKING_URI", "RESTAR_AUDIT_DB_URL"):
         env.pop(variable, None)
     ran = []
     for title in SECTIONS:
