@@ -76,6 +76,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
 
 # pg_advisory_xact_lock key that serializes migrations of one database ("rsta")
 _MIGRATION_LOCK_KEY = 0x72737461
+MIGRATION_ATTEMPTS = 20
 
 
 def _serialize_migrations(connection: Connection) -> None:
@@ -115,23 +116,27 @@ class AuditLog:
         """Apply the migrations this database has not seen yet, each in its own transaction.
 
         Processes opening a new database at once may race: on PostgreSQL they take turns (an
-        advisory lock; its DDL is transactional); on SQLite the loser's error is checked against
-        the version the winner recorded."""
+        advisory lock; its DDL is transactional). On SQLite, whose driver commits DDL at once, the
+        loser of a race (`table ... already exists`, a duplicate version) tries that step again until
+        it sees the version the winner recorded."""
         for number, migration in enumerate(MIGRATIONS, start=1):
-            try:
-                with self.engine.begin() as connection:
-                    _serialize_migrations(connection)
-                    Base.metadata.create_all(connection, tables=[SchemaVersion.__table__])
-                    if _applied_version(connection) >= number:
-                        continue
-                    migration(connection)
-                    connection.execute(
-                        SchemaVersion.__table__.insert(), {"version": number, "applied_at": utcnow()}
-                    )
-            except (IntegrityError, OperationalError):
-                if self.schema_version < number:
-                    raise
-                # a concurrent process applied the same migration first
+            for attempt in range(MIGRATION_ATTEMPTS):
+                try:
+                    self._apply(number, migration)
+                    break
+                except (IntegrityError, OperationalError):
+                    if attempt == MIGRATION_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))  # a concurrent process is applying it
+
+    def _apply(self, number: int, migration: Callable[[Connection], None]) -> None:
+        with self.engine.begin() as connection:
+            _serialize_migrations(connection)
+            Base.metadata.create_all(connection, tables=[SchemaVersion.__table__])
+            if _applied_version(connection) >= number:
+                return
+            migration(connection)
+            connection.execute(SchemaVersion.__table__.insert(), {"version": number, "applied_at": utcnow()})
 
     def record(self, **fields: Any) -> AuditRecord:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
