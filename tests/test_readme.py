@@ -66,6 +66,13 @@ def fresh_clone(destination: Path) -> Path:
         [str(destination / ".venv/bin/python"), "-c", print_site], capture_output=True, text=True, check=True
     ).stdout.strip()
     (Path(site) / "outer_env.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # The console scripts those packages installed (dvc, mlflow, torchserve...), as pip would have
+    # put them in the clone's venv; the project's own come from its setup step.
+    outer_bin, clone_bin = Path(sys.executable).parent, destination / ".venv" / "bin"
+    for script in outer_bin.iterdir():
+        own = script.name.startswith(("python", "pip", "activate", "restar"))
+        if not own and script.is_file() and not (clone_bin / script.name).exists():
+            shutil.copy2(script, clone_bin / script.name)
     return destination
 
 
