@@ -82,8 +82,18 @@ def test_compose_matches_the_compose_spec() -> None:
 def test_compose_services_are_healthy_local_and_secret_free() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "mlflow", "mlflow-auth", "torchserve", "gateway", "predictor"}
-    for name in ("postgres", "mlflow", "torchserve"):
+    assert set(services) == {
+        "postgres",
+        "mlflow",
+        "mlflow-auth",
+        "torchserve",
+        "gateway",
+        "torchserve-1",
+        "torchserve-2",
+        "gateway-replicas",
+        "predictor",
+    }
+    for name in ("postgres", "mlflow", "torchserve", "torchserve-1", "torchserve-2", "gateway-replicas"):
         assert "healthcheck" in services[name], name
     for name, service in services.items():
         for port in service.get("ports", []):
@@ -152,3 +162,38 @@ def test_container_gateway_config_is_the_rendered_template() -> None:
     container = (REPO_ROOT / "torchserve" / "config.container.properties").read_text()
     assert "inference_address=http://0.0.0.0:8080" in container.splitlines()
     assert "listen 127.0.0.1:8000;" in render_gateway_config("127.0.0.1:8080")  # loopback by default
+
+
+def test_replicas_sit_behind_their_gateway_each_with_its_own_keys() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    replicas = {name: service for name, service in services.items() if re.fullmatch(r"torchserve-\d+", name)}
+    gateway = services["gateway-replicas"]
+    assert len(replicas) >= 2
+    assert gateway["environment"]["RESTAR_REPLICAS"].split() == sorted(replicas)
+    assert gateway["environment"]["RESTAR_GATEWAY_KEY"].startswith("${")  # from .env, never in the file
+    assert gateway["depends_on"] == {name: {"condition": "service_healthy"} for name in replicas}
+    assert gateway["ports"] == ["127.0.0.1:8000:8000"]
+    assert {service["profiles"][0] for service in (*replicas.values(), gateway)} == {"replicas"}
+    for name, replica in replicas.items():
+        assert replica["environment"]["RESTAR_REPLICA"] == name
+        assert "ports" not in replica, f"{name}: replicas are reached through the gateway only"
+        assert replica["image"] == services["torchserve"]["image"]
+        assert replica["volumes"] == ["torchserve-keys:/srv/restar-keys"]
+        assert "restar-ts-healthcheck.py" in replica["healthcheck"]["test"][-1]
+        command = " ".join(replica["command"])
+        assert 'cd "/srv/restar-keys/$$RESTAR_REPLICA"' in command  # its key_file.json lands there
+        assert "--ts-config /home/model-server/config.properties" in command
+    keys_volume = compose["volumes"]["torchserve-keys"]["driver_opts"]
+    assert keys_volume["type"] == "tmpfs" and "uid=10001" in keys_volume["o"]
+    mounts = {volume.split(":")[1]: volume.split(":") for volume in gateway["volumes"]}
+    assert mounts["/srv/restar-keys"] == ["torchserve-keys", "/srv/restar-keys", "ro"]
+    script = REPO_ROOT / "torchserve" / "gateway-replicas.sh"
+    for source, _target, mode in (v for v in mounts.values() if v[0].startswith("./")):
+        assert (REPO_ROOT / source).is_file() and mode == "ro"
+    assert gateway["entrypoint"] == ["/bin/sh", mounts["/etc/restar/gateway-replicas.sh"][1]]
+    text = script.read_text()
+    assert "RESTAR_TEMPLATE:-/etc/restar/nginx.replicas.conf" in text
+    assert "RESTAR_KEYS_DIR:-/srv/restar-keys" in text
+    assert mounts["/etc/restar/nginx.replicas.conf"][0] == "./torchserve/nginx.replicas.conf"
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
