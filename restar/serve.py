@@ -269,6 +269,10 @@ def start(
         _stop_process_group(server.process.pid, home, timeout=60)
         forget(home)
         raise ServeError(f"{exc}\nTorchServe's logs: {home.log_dir}") from exc
+    except BaseException:  # anything else (Ctrl-C included) must not leave a server behind either
+        _stop_process_group(server.process.pid, home, timeout=60)
+        forget(home)
+        raise
     write_state(home, state)
     return state, server
 

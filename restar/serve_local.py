@@ -305,7 +305,8 @@ def wait_until_serving(server: LocalTorchServe, timeout: float) -> None:
             try:
                 if server.predict({"text": "warm up"}).status_code == 200:
                     return
-            except (requests.ConnectionError, ValueError, KeyError):  # not up yet, or key file half-written
+            # not up yet (refused, or queued behind a worker that is still loading), or key file half-written
+            except (requests.RequestException, ValueError, KeyError):
                 pass
         time.sleep(1)
     raise TorchServeError(f"TorchServe did not start serving:\n{server.console_log.read_text()[-4000:]}")

@@ -57,6 +57,12 @@ def test_block_extraction() -> None:
     assert runnable(blocks[0][0]) == "echo one"
 
 
+def server_logs(home: Path) -> str:
+    """The tails of the logs `restar serve` kept (in the state folder under HOME), for a failure message."""
+    logs = sorted((home / ".local" / "state").glob("restar/serve/logs/*.log"))
+    return "".join(f"\n--- {log.name}\n{log.read_text(errors='replace')[-2000:]}" for log in logs)
+
+
 def fresh_clone(destination: Path) -> Path:
     """A clone of the committed tree with a .venv that reuses this environment's packages."""
     subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(destination)], check=True)
@@ -110,6 +116,7 @@ def test_readme_quickstart_and_serving_blocks_run_on_a_fresh_clone(tmp_path: Pat
             assert result.returncode == 0, (
                 f"README '{title}' block {number} failed ({result.returncode}):\n{script}\n"
                 f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+                f"{server_logs(Path(env['HOME']))}"
             )
             ran.append(f"{title} #{number}")
     assert ran, "no README block ran"
