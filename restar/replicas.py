@@ -45,7 +45,8 @@ from restar.serve_local import (
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "torchserve" / "nginx.replicas.conf"
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-KEY = re.compile(r"[A-Za-z0-9_-]{16,256}")  # TorchServe's URL-safe base64 keys, and ours
+KEY = re.compile(r"[A-Za-z0-9_=-]{8,256}")  # TorchServe's keys: 6 random bytes, URL-safe base64
+GATEWAY_KEY = re.compile(r"[A-Za-z0-9_-]{16,256}")  # ours: 32 random bytes
 ADDRESS = re.compile(r"[\w.-]+:\d{1,5}")
 BLOCKS = {"# @MEMBER_BEGIN@": "# @MEMBER_END@", "# @REPLICA_BEGIN@": "# @REPLICA_END@"}
 GATEWAY_KEY_FILE = "gateway.key"
@@ -84,7 +85,7 @@ def _check(replicas: Sequence[ReplicaTarget], gateway_key: str, listen: str, int
             raise ReplicaError(f"not a host:port address: {replica.address!r}")
         if not KEY.fullmatch(replica.key):
             raise ReplicaError(f"replica {replica.name}: its key is not a TorchServe key")
-    if not KEY.fullmatch(gateway_key):
+    if not GATEWAY_KEY.fullmatch(gateway_key):
         raise ReplicaError("the gateway key must be 16-256 characters of A-Z, a-z, 0-9, _ and -")
     if not ADDRESS.fullmatch(listen):
         raise ReplicaError(f"not a host:port address: {listen!r}")
@@ -159,7 +160,7 @@ def gateway_key(run_dir: Path) -> str:
     path = run_dir / GATEWAY_KEY_FILE
     if path.is_file():
         key = path.read_text().strip()
-        if not KEY.fullmatch(key):
+        if not GATEWAY_KEY.fullmatch(key):
             raise ReplicaError(f"{path} does not hold a gateway key")
         return key
     key = secrets.token_urlsafe(32)
@@ -355,9 +356,13 @@ class ReplicaSet:
         return code
 
     def start_replica(self, name: str, ready_timeout: float = 300) -> None:
-        """Start a stopped replica on its old ports; the gateway gets its new key (render + reload)."""
-        self._start_replica(self.replica(name), ready_timeout)
-        self.refresh()
+        """Start a stopped replica on its old ports, out of rotation until it serves: its new key
+        reaches the gateway (render + reload) before any client request does."""
+        replica = self.replica(name)
+        drained = replica.drained
+        self.set_drained(name, True)
+        self._start_replica(replica, ready_timeout)
+        self.set_drained(name, drained)
 
     def set_drained(self, name: str, drained: bool) -> None:
         """Take a replica out of (or back into) the gateway's rotation; returns once in-flight
@@ -370,15 +375,18 @@ class ReplicaSet:
         for replica in list(self.replicas):
             self.set_drained(replica.name, True)
             self.stop_replica(replica.name)
-            self._start_replica(self.replica(replica.name), ready_timeout)
+            self.start_replica(replica.name, ready_timeout)
             self.set_drained(replica.name, False)
 
     def renew_keys(self) -> None:
         """Ask each running replica for a new inference key (TorchServe's keys expire after
-        token_expiration_min) and reload the gateway after each, one replica at a time."""
+        token_expiration_min), one replica at a time and out of rotation meanwhile: TorchServe drops
+        the old key at once, and refuses it with a 400, which nginx cannot tell from a handler's."""
         for replica in self.replicas:
             if replica.server is None:
                 continue
+            drained = replica.drained
+            self.set_drained(replica.name, True)
             api = json.loads((replica.workdir / "key_file.json").read_text())["API"]["key"]
             response = requests.get(
                 f"{replica.server.management_url}/token",
@@ -387,7 +395,7 @@ class ReplicaSet:
                 timeout=30,
             )
             response.raise_for_status()
-            self.refresh()
+            self.set_drained(replica.name, drained)
 
     def close(self) -> None:
         if self.gateway is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import threading
@@ -44,7 +45,7 @@ from restar.serve_local import free_ports
 from tests.served import REPO_ROOT, register_production
 
 SCRIPT = REPO_ROOT / "torchserve" / "gateway-replicas.sh"
-KEYS = {"replica-1": "k1-" + "a" * 40, "replica-2": "k2_" + "B" * 40}
+KEYS = {"replica-1": "k1-" + "a" * 40, "replica-2": "Zq-8_xYw"}  # the second as long as TorchServe's
 GATEWAY_KEY = "gw-" + "Z9" * 20
 
 
@@ -450,6 +451,7 @@ def test_losing_a_replica_under_load(replicas: ReplicaSet) -> None:
     ]
     report = summary(outcomes) | {
         "stop_took_s": round(end - begin, 2),
+        "in_flight_at_stop": sum(o.start < begin < o.end for o in outcomes),
         "failed_in_flight_on_stopped": len(on_stopped),
     }
     print("replica loss:", json.dumps(report))
@@ -506,3 +508,33 @@ def test_renewing_the_replica_keys_under_load(replicas: ReplicaSet) -> None:
     print("key renewal:", json.dumps(report))
     assert all(replicas.replica(name).key != key for name, key in keys.items())
     assert report["failed"] == 0, report
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load(replicas: ReplicaSet) -> None:
+    """A crash, not a stop: SIGKILL to the whole process group (frontend and worker) mid-load."""
+    clients, killed = 8, replicas.replica("replica-1")
+    window: dict[str, float] = {}
+
+    def kill_one() -> None:
+        time.sleep(8)
+        window["at"] = time.monotonic()
+        os.killpg(killed.server.process.pid, signal.SIGKILL)
+        killed.server.process.wait()
+        killed.server = None
+        time.sleep(12)
+
+    outcomes = run_load(replicas.url, replicas.gateway_key, clients, kill_one)
+    at = window["at"]
+    across = [o for o in outcomes if o.start < at < o.end]
+    failed = [o for o in outcomes if o.status != 200]
+    report = summary(outcomes) | {
+        "in_flight_at_kill": len(across),
+        "failed_in_flight": sum(o.status != 200 for o in across),
+    }
+    print("replica killed:", json.dumps(report))
+    settled = [o for o in outcomes if o.start > at + 5]
+    assert len(settled) >= clients
+    assert all(o.status == 200 and o.replica == "replica-2" for o in settled), summary(settled)
+    assert all(o.start <= at + 5 for o in failed)
+    assert len(failed) <= clients

@@ -2,9 +2,11 @@
 # The replica gateway of docker-compose (service gateway-replicas, image nginx:1.27-alpine: no Python).
 # Renders torchserve/nginx.replicas.conf exactly as restar.replicas.render_replica_gateway does (a test
 # compares the two) from each replica's key_file.json, runs nginx, and keeps the config current:
-#   every RESTAR_CHECK_S seconds (10) it renders again and reloads nginx when something changed (a
+#   every RESTAR_CHECK_S seconds (2) it renders again and reloads nginx when something changed (a
 #   replica restarted: new keys); every RESTAR_RENEW_S seconds (2700) it asks each replica for a new
-#   inference key (TorchServe's expire after token_expiration_min=60), one replica at a time.
+#   inference key (TorchServe's expire after token_expiration_min=60), one replica at a time, drained
+#   meanwhile (TorchServe drops the old key at once and refuses it with a 400, which nginx cannot tell
+#   from the handler's 400s, so it cannot retry those).
 #
 #   gateway-replicas.sh              run nginx in the foreground and keep its config current
 #   gateway-replicas.sh render       print the config
@@ -25,7 +27,7 @@ template=${RESTAR_TEMPLATE:-/etc/restar/nginx.replicas.conf}
 run_dir=${RESTAR_RUN_DIR:-/var/cache/nginx}
 listen=${RESTAR_LISTEN:-0.0.0.0:8000}
 internal_base=${RESTAR_INTERNAL_BASE:-8101}
-check_s=${RESTAR_CHECK_S:-10}
+check_s=${RESTAR_CHECK_S:-2}
 renew_s=${RESTAR_RENEW_S:-2700}
 config="$run_dir/nginx.conf"
 nginx_args="-p $run_dir/ -c $config -e stderr"
@@ -35,10 +37,10 @@ fail() {
     exit 1
 }
 
-# A key of TorchServe's URL-safe base64 alphabet (or ours), 16 to 256 characters.
+# $1 names a key $2 of URL-safe base64 characters, at least $3 long (TorchServe's: 8; ours: 16).
 check_key() {
-    case $2 in *[!A-Za-z0-9_-]* | "") fail "$1 is not a key" ;; esac
-    [ ${#2} -ge 16 ] && [ ${#2} -le 256 ] || fail "$1 is not a key"
+    case $2 in *[!A-Za-z0-9_=-]* | "") fail "$1 is not a key" ;; esac
+    [ ${#2} -ge "$3" ] && [ ${#2} -le 256 ] || fail "$1 is not a key"
 }
 
 # $1: section ("inference", "API"), $2: a key_file.json as TorchServe writes it (Gson, pretty-printed).
@@ -54,7 +56,8 @@ gateway_key() {
             head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$run_dir/gateway.key"
         key=$(cat "$run_dir/gateway.key")
     fi
-    check_key "the gateway key" "$key"
+    case $key in *=*) fail "the gateway key is not a key" ;; esac
+    check_key "the gateway key" "$key" 16
     echo "$key"
 }
 
@@ -62,9 +65,9 @@ gateway_key() {
 replica_table() {
     for name in $replicas; do
         key=$(file_key inference "$keys_dir/$name/key_file.json" 2>/dev/null) || key=""
-        check_key "the inference key in $keys_dir/$name/key_file.json" "$key"
+        check_key "the inference key in $keys_dir/$name/key_file.json" "$key" 8
         drained=0
-        grep -qx "$name" "$run_dir/drained" 2>/dev/null && drained=1
+        is_drained "$name" && drained=1
         echo "$name $name:8080 $key $drained"
     done
 }
@@ -136,12 +139,27 @@ reload() {
     done
 }
 
+is_drained() { grep -qx "$1" "$run_dir/drained" 2>/dev/null; }
+
+drain() {
+    is_drained "$1" || echo "$1" >>"$run_dir/drained"
+    if update; then reload; fi
+}
+
+undrain() {
+    grep -vx "$1" "$run_dir/drained" >"$run_dir/drained.new" || true
+    mv "$run_dir/drained.new" "$run_dir/drained"
+    if update; then reload; fi
+}
+
 renew_keys() {
     for name in $replicas; do
         api=$(file_key API "$keys_dir/$name/key_file.json") || continue
+        was_drained=0
+        if is_drained "$name"; then was_drained=1; else drain "$name"; fi
         wget -q -O /dev/null --header "Authorization: Bearer $api" "http://$name:8081/token?type=inference" ||
             echo "gateway-replicas: could not renew the key of $name" >&2
-        if update; then reload; fi
+        if [ "$was_drained" = 0 ]; then undrain "$name"; elif update; then reload; fi
     done
 }
 
@@ -171,14 +189,11 @@ run) run ;;
 render) render ;;
 drain)
     [ -n "${2:-}" ] || fail "drain which replica?"
-    echo "$2" >>"$run_dir/drained"
-    if update; then reload; fi
+    drain "$2"
     ;;
 undrain)
     [ -n "${2:-}" ] || fail "undrain which replica?"
-    grep -vx "$2" "$run_dir/drained" >"$run_dir/drained.new" || true
-    mv "$run_dir/drained.new" "$run_dir/drained"
-    if update; then reload; fi
+    undrain "$2"
     ;;
 *) fail "unknown command: $1 (run, render, drain NAME, undrain NAME)" ;;
 esac
