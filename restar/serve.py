@@ -10,7 +10,8 @@ directory in a per-user state folder, `serve_home()`:
     log4j2.xml          TorchServe's own log config without the console appender
     key_file.json       TorchServe's token keys (removed at stop)
     logs/               TorchServe's logs, and console.log (its launcher's output)
-    tmp/                TEMP: unpacked archives, pid file, worker sockets
+    tmp/                TEMP: unpacked archives, pid file, worker sockets (a short /tmp/restar-ts-*
+                        folder instead when this path is too long for a Unix socket)
     gateway/            the nginx gateway's config, temp folders and log (with a gateway)
 """
 

@@ -7,6 +7,7 @@ addresses, so what is tested and measured is what ships. `gateway` runs the ngin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -211,11 +212,26 @@ class TorchServeError(RuntimeError):
     """TorchServe did not start serving."""
 
 
+# A Unix socket path holds at most 107 bytes; TorchServe puts `.ts.sock.<port>` in TEMP.
+MAX_SOCKET_DIR = 107 - len("/.ts.sock.65535")
+
+
+def torchserve_temp(workdir: Path) -> Path:
+    """TEMP for a TorchServe run in `workdir`: workdir/tmp, or, when that is too long a folder for the
+    worker sockets, a short folder in /tmp named after `workdir` (the same one every time, so that
+    `torchserve --stop` finds the pid file there)."""
+    temp = workdir.resolve() / "tmp"
+    if len(str(temp)) <= MAX_SOCKET_DIR:
+        return temp
+    digest = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:16]
+    return Path("/tmp") / f"restar-ts-{digest}"
+
+
 def torchserve_env(workdir: Path) -> dict[str, str]:
-    """The environment for a TorchServe run in `workdir`: archives unpack in workdir/tmp, where the
-    launcher's pid file (which `torchserve --stop` reads) and the worker sockets also go; logs go to
-    workdir/logs (TorchServe's log4j config reads LOG_LOCATION and METRICS_LOCATION)."""
-    tmp, logs = str(workdir / "tmp"), str(workdir / "logs")
+    """The environment for a TorchServe run in `workdir`: archives unpack in TEMP (`torchserve_temp`),
+    where the launcher's pid file (which `torchserve --stop` reads) and the worker sockets also go;
+    logs go to workdir/logs (TorchServe's log4j config reads LOG_LOCATION and METRICS_LOCATION)."""
+    tmp, logs = str(torchserve_temp(workdir)), str(workdir / "logs")
     return {
         **os.environ,
         "TEMP": tmp,
@@ -244,8 +260,9 @@ def launch_torchserve(
     key_file.json lands there), its console written to `console_log` and, when given, its log4j
     config `log_config`; returns at once."""
     env = torchserve_env(workdir)
-    for folder in (workdir, workdir / "tmp", workdir / "logs", console_log.parent):
+    for folder in (workdir, workdir / "logs", console_log.parent):
         folder.mkdir(parents=True, exist_ok=True)
+    Path(env["TEMP"]).mkdir(mode=0o700, parents=True, exist_ok=True)
     (workdir / "config.properties").write_text(config_text)
     (workdir / "key_file.json").unlink(missing_ok=True)  # a previous run's keys are not this one's
     command = [

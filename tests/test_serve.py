@@ -31,7 +31,7 @@ from restar.serve import (
     torchserve_log_config,
     write_state,
 )
-from restar.serve_local import find_nginx
+from restar.serve_local import MAX_SOCKET_DIR, find_nginx, torchserve_temp
 from tests.served import register_production
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -311,3 +311,12 @@ def test_the_gateway_runs_in_front_and_stops_with_it(model_store: Path, user) ->
     with pytest.raises(requests.ConnectionError):
         requests.get(info["gateway_url"], timeout=10)
     assert list(user["cwd"].iterdir()) == []
+
+
+def test_temp_folder_stays_short_enough_for_worker_sockets(tmp_path: Path) -> None:
+    assert torchserve_temp(tmp_path) == tmp_path.resolve() / "tmp"
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    temp = torchserve_temp(deep)
+    assert len(str(temp)) <= MAX_SOCKET_DIR and temp.parent == Path("/tmp")
+    assert torchserve_temp(deep) == temp  # `torchserve --stop` must find the same folder
+    assert torchserve_temp(tmp_path / ("d" * 60) / ("f" * 60)) != temp
