@@ -421,6 +421,15 @@ def run_load(url: str, key: str, clients: int, during: Callable[[], None], tail:
     return sorted(outcomes, key=lambda outcome: outcome.start)
 
 
+def dropped_upstream(replicas: ReplicaSet, offset: int, address: str) -> int:
+    """Requests nginx had sent to TorchServe at `address` when the connection failed (error log lines
+    after byte `offset`): those in flight on a replica that went away."""
+    log = (replicas.run_dir / "gateway.log").read_text()[offset:]
+    return sum(
+        address in line and "while reading response header from upstream" in line for line in log.splitlines()
+    )
+
+
 def summary(outcomes: list[Outcome]) -> dict:
     served: dict[str, int] = {}
     for outcome in outcomes:
@@ -447,6 +456,7 @@ def test_losing_a_replica_under_load(replicas: ReplicaSet) -> None:
         window["end"] = time.monotonic()
         time.sleep(17)
 
+    offset = (replicas.run_dir / "gateway.log").stat().st_size
     outcomes = run_load(replicas.url, replicas.gateway_key, clients, stop_one_a_third_in)
     begin, end = window["begin"], window["end"]
     failed = [o for o in outcomes if o.status != 200]
@@ -457,6 +467,7 @@ def test_losing_a_replica_under_load(replicas: ReplicaSet) -> None:
         "stop_took_s": round(end - begin, 2),
         "in_flight_at_stop": sum(o.start < begin < o.end for o in outcomes),
         "failed_in_flight_on_stopped": len(on_stopped),
+        "cut_off_on_stopped": dropped_upstream(replicas, offset, replicas.replica(stopped).address),
     }
     print("replica loss:", json.dumps(report))
 
@@ -528,6 +539,7 @@ def test_a_replica_killed_under_load(replicas: ReplicaSet) -> None:
         killed.server = None
         time.sleep(12)
 
+    offset = (replicas.run_dir / "gateway.log").stat().st_size
     outcomes = run_load(replicas.url, replicas.gateway_key, clients, kill_one)
     at = window["at"]
     across = [o for o in outcomes if o.start < at < o.end]
@@ -535,6 +547,7 @@ def test_a_replica_killed_under_load(replicas: ReplicaSet) -> None:
     report = summary(outcomes) | {
         "in_flight_at_kill": len(across),
         "failed_in_flight": sum(o.status != 200 for o in across),
+        "cut_off_on_killed": dropped_upstream(replicas, offset, killed.address),
     }
     print("replica killed:", json.dumps(report))
     settled = [o for o in outcomes if o.start > at + 5]
