@@ -201,10 +201,11 @@ class StandIn:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
+        host, port = self.server.server_address[:2]
+        return f"{host}:{port}"
 
 
-def stand_in(name: str, key: str) -> StandIn:
+def stand_in(name: str, key: str, host: str = "127.0.0.1", port: int = 0) -> StandIn:
     seen: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -232,7 +233,7 @@ def stand_in(name: str, key: str) -> StandIn:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return StandIn(name, key, server, seen)
 
@@ -350,6 +351,79 @@ def test_a_stale_replica_key_is_refused_until_the_gateway_is_rendered_again(
         assert {r.json()["replica"] for r in answered} == set(KEYS)
     finally:
         stop_process_group(process)
+
+
+def test_the_compose_entrypoint_runs_nginx_follows_key_changes_and_drains(tmp_path: Path) -> None:
+    """torchserve/gateway-replicas.sh as docker-compose runs it, with Debian's nginx: replicas named by
+    loopback addresses (compose uses service names), both on the same inference port."""
+    names = ["127.0.0.1", "127.0.0.2"]
+    (port,) = free_ports(1)
+    keys_dir, run_dir = tmp_path / "keys", tmp_path / "run"
+    run_dir.mkdir()
+    ins = {name: stand_in(name, f"key-{i}-" + "x" * 8, name, port) for i, name in enumerate(names)}
+    for name, one in ins.items():
+        (keys_dir / name).mkdir(parents=True)
+        (keys_dir / name / "key_file.json").write_text(key_file_text(one.key))
+    listen = f"127.0.0.1:{free_ports(1)[0]}"
+    env = {
+        "PATH": f"{os.environ['PATH']}:/usr/sbin",
+        "RESTAR_REPLICAS": " ".join(names),
+        "RESTAR_KEYS_DIR": str(keys_dir),
+        "RESTAR_TEMPLATE": str(TEMPLATE),
+        "RESTAR_RUN_DIR": str(run_dir),
+        "RESTAR_LISTEN": listen,
+        "RESTAR_INTERNAL_BASE": str(free_port_run(2)),
+        "RESTAR_INFERENCE_PORT": str(port),
+        "RESTAR_GATEWAY_KEY": GATEWAY_KEY,
+        "RESTAR_CHECK_S": "1",
+    }
+    log = open(tmp_path / "entrypoint.log", "w")  # noqa: SIM115 -- closed below, after the process
+    process = subprocess.Popen(["sh", str(SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://{listen}"
+
+    def served_by(count: int) -> list[str]:
+        answers = [post(url, GATEWAY_KEY) for _ in range(count)]
+        assert [a.status_code for a in answers] == [200] * count, [a.text for a in answers]
+        return [a.headers["X-Restar-Replica"] for a in answers]
+
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert set(served_by(10)) == set(names)
+        assert stat.S_IMODE((run_dir / "nginx.conf").stat().st_mode) == 0o600
+        # Replica 2 restarts with a new key: the entrypoint reloads nginx with it within its check.
+        old = ins["127.0.0.2"]
+        old.server.shutdown()
+        old.server.server_close()
+        ins["127.0.0.2"] = stand_in("127.0.0.2", "renewed-" + "y" * 8, "127.0.0.2", port)
+        (keys_dir / "127.0.0.2" / "key_file.json").write_text(key_file_text(ins["127.0.0.2"].key))
+        deadline = time.monotonic() + 15
+        while ins["127.0.0.2"].key not in (run_dir / "nginx.conf").read_text():
+            assert time.monotonic() < deadline, "the entrypoint did not render the new key"
+            time.sleep(0.2)
+        time.sleep(6)  # the reload, and the 5 s during which nginx left the restarted replica alone
+        assert set(served_by(10)) == set(names)
+        # drain returns once nginx runs without it; undrain puts it back.
+        for command, expected in (("drain", {"127.0.0.1"}), ("undrain", set(names))):
+            done = subprocess.run(
+                ["sh", str(SCRIPT), command, "127.0.0.2"], env=env, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr
+            assert set(served_by(10)) == expected
+    finally:
+        process.terminate()
+        code = process.wait(timeout=30)
+        log.close()
+        for one in ins.values():
+            one.server.shutdown()
+            one.server.server_close()
+    assert code == 0, (tmp_path / "entrypoint.log").read_text()
+    assert not (run_dir / "nginx.pid").exists() or not (run_dir / "nginx.pid").read_text().strip()
 
 
 # ---- two real TorchServe processes behind the real nginx ----------------------------------------

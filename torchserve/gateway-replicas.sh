@@ -14,7 +14,8 @@
 #   gateway-replicas.sh undrain NAME put it back (with the key it has now)
 #
 # Environment: RESTAR_REPLICAS (service names, "torchserve-1 torchserve-2"; each serves on NAME:8080,
-# management NAME:8081, and writes RESTAR_KEYS_DIR/NAME/key_file.json), RESTAR_GATEWAY_KEY (the one
+# management NAME:8081 (RESTAR_INFERENCE_PORT, RESTAR_MANAGEMENT_PORT), and writes
+# RESTAR_KEYS_DIR/NAME/key_file.json), RESTAR_GATEWAY_KEY (the one
 # client key; made at random into RUN_DIR/gateway.key when unset), RESTAR_KEYS_DIR (/srv/restar-keys),
 # RESTAR_TEMPLATE (/etc/restar/nginx.replicas.conf), RESTAR_RUN_DIR (/var/cache/nginx), RESTAR_LISTEN
 # (0.0.0.0:8000), RESTAR_INTERNAL_BASE (8101: replica i's internal server on 127.0.0.1:8101+i).
@@ -27,6 +28,8 @@ template=${RESTAR_TEMPLATE:-/etc/restar/nginx.replicas.conf}
 run_dir=${RESTAR_RUN_DIR:-/var/cache/nginx}
 listen=${RESTAR_LISTEN:-0.0.0.0:8000}
 internal_base=${RESTAR_INTERNAL_BASE:-8101}
+inference_port=${RESTAR_INFERENCE_PORT:-8080}
+management_port=${RESTAR_MANAGEMENT_PORT:-8081}
 check_s=${RESTAR_CHECK_S:-2}
 renew_s=${RESTAR_RENEW_S:-2700}
 config="$run_dir/nginx.conf"
@@ -68,7 +71,7 @@ replica_table() {
         check_key "the inference key in $keys_dir/$name/key_file.json" "$key" 8
         drained=0
         is_drained "$name" && drained=1
-        echo "$name $name:8080 $key $drained"
+        echo "$name $name:$inference_port $key $drained"
     done
 }
 
@@ -157,7 +160,7 @@ renew_keys() {
         api=$(file_key API "$keys_dir/$name/key_file.json") || continue
         was_drained=0
         if is_drained "$name"; then was_drained=1; else drain "$name"; fi
-        wget -q -O /dev/null --header "Authorization: Bearer $api" "http://$name:8081/token?type=inference" ||
+        wget -q -O /dev/null --header "Authorization: Bearer $api" "http://$name:$management_port/token?type=inference" ||
             echo "gateway-replicas: could not renew the key of $name" >&2
         if [ "$was_drained" = 0 ]; then undrain "$name"; elif update; then reload; fi
     done
