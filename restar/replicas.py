@@ -359,6 +359,8 @@ class ReplicaSet:
         """Start a stopped replica on its old ports, out of rotation until it serves: its new key
         reaches the gateway (render + reload) before any client request does."""
         replica = self.replica(name)
+        if replica.server is not None:
+            raise ReplicaError(f"{name} is running")
         drained = replica.drained
         self.set_drained(name, True)
         self._start_replica(replica, ready_timeout)
