@@ -552,9 +552,8 @@ def promote_command(config_path: Path, registered_path: Path, out_path: Path, as
     "--policy",
     "policy_path",
     type=EXISTING_FILE,
-    default="configs/promotion.yaml",
-    show_default=True,
-    help="Promotion policy whose gates the page checks.",
+    help="Promotion policy whose gates the page checks [default: as restar-promote chooses it: "
+    "$RESTAR_PROMOTION_POLICY, else the last pipeline run's, else configs/promotion.yaml].",
 )
 @click.option(
     "--out",
@@ -577,7 +576,7 @@ def promote_command(config_path: Path, registered_path: Path, out_path: Path, as
 def report_command(
     ref: str,
     model_name: str,
-    policy_path: Path,
+    policy_path: Path | None,
     out_path: Path | None,
     audit_url: str | None,
     measure_latency: bool,
@@ -587,13 +586,15 @@ def report_command(
 
     Example: restar report production
     """
-    from promotion.policy import PolicyError, build_gates, load_policy
+    from promotion.policy import PolicyError, build_gates, choose_policy, load_policy
     from registry.audit import AuditLog
     from registry.service import Registry
     from restar.report import write_report
 
+    choice = choose_policy(policy_path)
+    click.echo(f"policy {choice.path} {choice.why}")
     try:
-        policy = load_policy(policy_path)
+        policy = load_policy(choice.path)
         build_gates(policy)  # unknown gates and bad parameters fail before the registry is asked
     except PolicyError as exc:
         raise click.BadParameter(str(exc), param_hint="--policy") from exc
