@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite (10-15 minutes on 2 cores, setup included). Extra arguments go to pytest.
+# Set up, then run the whole test suite (about 22 minutes on 2 cores, setup included). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
