@@ -44,9 +44,8 @@ def logged_pyfunc(model_dir: Path, root: Path) -> mlflow.pyfunc.PyFuncModel:
         mlflow.set_tracking_uri(None)
 
 
-@contextmanager
-def serve_production(uri: str, work: Path) -> Iterator[LocalTorchServe]:
-    """Export models:/restar@production from `uri` and serve it with the repository's config."""
+def export_production(uri: str, work: Path) -> Path:
+    """Export models:/restar@production from the store at `uri` into work/; returns the model store."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         export_torchserve(
@@ -56,6 +55,13 @@ def serve_production(uri: str, work: Path) -> Iterator[LocalTorchServe]:
             REPO_ROOT / "torchserve" / "handler.py",
             REPO_ROOT / "torchserve" / "model-config.yaml",
         )
+    return work / "model-store"
+
+
+@contextmanager
+def serve_production(uri: str, work: Path) -> Iterator[LocalTorchServe]:
+    """Export models:/restar@production from `uri` and serve it with the repository's config."""
+    export_production(uri, work)
     with torchserve(
         work / "model-store", REPO_ROOT / "torchserve" / "config.properties", work / "run"
     ) as server:

@@ -24,7 +24,6 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from restar.export_torchserve import export_torchserve
 from restar.replicas import (
     TEMPLATE,
     ReplicaError,
@@ -42,7 +41,7 @@ from restar.replicas import (
     write_gateway_config,
 )
 from restar.serve_local import free_ports
-from tests.served import REPO_ROOT, register_production
+from tests.served import REPO_ROOT, export_production, register_production
 
 SCRIPT = REPO_ROOT / "torchserve" / "gateway-replicas.sh"
 KEYS = {"replica-1": "k1-" + "a" * 40, "replica-2": "Zq-8_xYw"}  # the second as long as TorchServe's
@@ -433,17 +432,7 @@ def test_the_compose_entrypoint_runs_nginx_follows_key_changes_and_drains(tmp_pa
 def model_store(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The export of a registry whose production version is the tiny model."""
     uri = register_production(tiny_model_dir, tmp_path_factory.mktemp("replicas_registry"))
-    work = tmp_path_factory.mktemp("replicas_export")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        export_torchserve(
-            "models:/restar@production",
-            work / "artifacts",
-            work / "model-store",
-            REPO_ROOT / "torchserve" / "handler.py",
-            REPO_ROOT / "torchserve" / "model-config.yaml",
-        )
-    return work / "model-store"
+    return export_production(uri, tmp_path_factory.mktemp("replicas_export"))
 
 
 @pytest.fixture(scope="module")
