@@ -124,20 +124,30 @@ class LocalGateway:
 
 
 def render_gateway_config(
-    torchserve: str, listen: str = "127.0.0.1:8000", template: Path = GATEWAY_TEMPLATE
+    torchserve: str,
+    listen: str = "127.0.0.1:8000",
+    retry_hop: str = "127.0.0.1:8001",
+    template: Path = GATEWAY_TEMPLATE,
 ) -> str:
-    """The gateway config proxying to TorchServe's inference port at `torchserve`, listening on `listen`.
+    """The gateway config proxying to TorchServe's inference port at `torchserve`, listening on `listen`,
+    with its internal retry hop on `retry_hop` (loopback).
 
-    Both are host:port; everything else is the template as it ships (comments keep the placeholders).
+    All are host:port; everything else is the template as it ships (comments keep the placeholders).
     """
-    for address in (torchserve, listen):
+    for address in (torchserve, listen, retry_hop):
         if not re.fullmatch(r"[\w.-]+:\d{1,5}", address):
             raise ValueError(f"not a host:port address: {address!r}")
+    if not retry_hop.startswith("127.0.0.1:"):
+        raise ValueError(f"the retry hop must listen on loopback: {retry_hop!r}")
 
     def fill(line: str) -> str:
         if line.lstrip().startswith("#"):
             return line
-        return line.replace("@LISTEN@", listen).replace("@TORCHSERVE@", torchserve)
+        return (
+            line.replace("@LISTEN@", listen)
+            .replace("@RETRY_HOP@", retry_hop)
+            .replace("@TORCHSERVE@", torchserve)
+        )
 
     header = f"# Rendered from torchserve/{template.name} (listen {listen}, TorchServe {torchserve}).\n"
     return header + "".join(fill(line) for line in template.read_text().splitlines(keepends=True))
@@ -163,7 +173,12 @@ def launch_gateway(upstream_url: str, workdir: Path, port: int, ready_timeout: f
     nginx = find_nginx()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "nginx.conf"
-    config.write_text(render_gateway_config(urlsplit(upstream_url).netloc, f"127.0.0.1:{port}"))
+    hop = port
+    while hop == port:
+        (hop,) = free_ports(1)
+    config.write_text(
+        render_gateway_config(urlsplit(upstream_url).netloc, f"127.0.0.1:{port}", f"127.0.0.1:{hop}")
+    )
     command = [nginx, "-p", f"{workdir}/", "-c", str(config), "-e", "stderr", "-g", "daemon off;"]
     with open(workdir / "gateway.log", "w") as log:
         process = subprocess.Popen(

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import re
+import signal
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -205,3 +212,132 @@ def test_config_takes_only_host_port_addresses() -> None:
     assert re.search(r"^[^#]*@[A-Z]+@", config, flags=re.M) is None
     with pytest.raises(ValueError, match="host:port"):
         render_gateway_config("torchserve:8080", listen="127.0.0.1:8000; include /etc/passwd")
+
+
+class ScriptedUpstream(http.server.ThreadingHTTPServer):
+    """A stand-in for TorchServe that answers POSTs with the next (status, body) of a script, then 200."""
+
+    def __init__(self, script: list[tuple[int, bytes]]):
+        self.script = list(script)
+        self.received: list[bytes] = []
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ScriptedUpstream
+
+    def do_POST(self) -> None:
+        self.server.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        status, body = self.server.script.pop(0) if self.server.script else (200, b'{"label": "positive"}')
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def scripted(
+    script: list[tuple[int, bytes]], workdir: Path
+) -> Iterator[tuple[ScriptedUpstream, LocalGateway]]:
+    upstream = ScriptedUpstream(script)
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with gateway(f"http://127.0.0.1:{upstream.server_port}", workdir) as running:
+            yield upstream, running
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+WORKER_DIED = (507, b'{"code": 507, "type": "InternalServerException", "message": "Worker died."}')
+
+
+def test_a_dead_workers_507_is_resent_once(tmp_path: Path) -> None:
+    with scripted([WORKER_DIED], tmp_path / "gw") as (upstream, gw):
+        response = call(gw.url, "POST", "/predictions/restar", {}, b'{"text": "resend me"}')
+        assert (response.status_code, response.json()) == (200, {"label": "positive"})
+        assert upstream.received == [b'{"text": "resend me"}'] * 2
+
+
+def test_a_second_507_reaches_the_client_unchanged(tmp_path: Path) -> None:
+    with scripted([WORKER_DIED, WORKER_DIED], tmp_path / "gw") as (upstream, gw):
+        response = call(gw.url, "POST", "/predictions/restar", {}, b'{"text": "twice"}')
+        assert (response.status_code, response.content) == WORKER_DIED
+        assert len(upstream.received) == 2
+
+
+def test_other_upstream_errors_are_not_resent(tmp_path: Path) -> None:
+    answers = [(413, b'{"error": "too many texts", "status": 413}'), (503, b'{"code": 503}'), (500, b"{}")]
+    with scripted(list(answers), tmp_path / "gw") as (upstream, gw):
+        for expected in answers:
+            response = call(gw.url, "POST", "/predictions/restar", {}, b'{"text": "once"}')
+            assert (response.status_code, response.content) == expected
+        assert len(upstream.received) == 3
+
+
+def test_the_retry_hop_listens_on_loopback_only(tmp_path: Path) -> None:
+    config = render_gateway_config("torchserve:8080", listen="0.0.0.0:8000", retry_hop="127.0.0.1:8001")
+    assert "listen 127.0.0.1:8001;" in config and "server 127.0.0.1:8001;" in config
+    with pytest.raises(ValueError, match="loopback"):
+        render_gateway_config("torchserve:8080", retry_hop="0.0.0.0:8001")
+
+
+def worker_pids(server: LocalTorchServe) -> set[int]:
+    pids = set()
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if "model_service_worker" in " ".join(process.cmdline()):
+                pids.add(process.pid)
+        except psutil.Error:  # gone, or a zombie not yet reaped
+            pass
+    return pids
+
+
+def test_a_worker_killed_under_load_costs_no_request(gw, served, token) -> None:
+    """SIGKILL the only worker while 8 clients post: TorchServe answers the batch it held 507, the
+    gateway resends those requests, and they wait in the queue for the restarted worker. Last in the
+    module: it ends with the new worker answering."""
+    access_log = served.workdir / "logs" / "access_log.log"
+    lost_before = access_log.read_text().count('" 507 ')
+    answers: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        n = 0
+        while not stop.is_set():
+            body = json.dumps({"text": f"review {index}-{n}: sturdy, but the lid cracked"}).encode()
+            status = session.post(
+                f"{gw.url}/predictions/restar", data=body, headers=token, timeout=120
+            ).status_code
+            answers.append((time.monotonic(), status))
+            n += 1
+
+    old = worker_pids(served)
+    assert len(old) == 1
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(2)
+        os.kill(min(old), signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not worker_pids(served) - old and time.monotonic() < deadline:
+            time.sleep(0.1)
+        respawned = time.monotonic()
+        while sum(end > respawned for end, _ in answers) < 16 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the new worker loads the model, then answers
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=180)
+    assert sum(end > respawned for end, _ in answers) >= 16, "the restarted worker never answered"
+    assert {status for _, status in answers} == {200}, Counter(status for _, status in answers)
+    # The test means something only if TorchServe did lose a batch.
+    assert access_log.read_text().count('" 507 ') > lost_before
