@@ -18,6 +18,9 @@ same real eval texts, one review per request. In one run:
      first answer after the outage) and the failed ratio over the requests in flight during recovery
      (target < 1%), with a threaded Python client that timestamps every request.
 
+TorchServe is reached through the nginx gateway in front of it (torchserve/nginx.conf, what clients
+outside reach, and what resends a dead worker's batch), or directly with --via direct.
+
 The efficiency targets are ratios inside the run: endpoint p50 at 1 client <= 1.3 x the pyfunc's
 batch-1 p50, endpoint req/s at 32 clients >= 0.7 x the predictor's reviews/s. Writes JSON, a PNG of
 latency and throughput against clients, and PNGs of the soak and the worker kill beside it.
@@ -510,11 +513,12 @@ def worker_pids(pid: int) -> set[int]:
 
 
 def kill_phase(
-    server, bodies: list[bytes], clients: int, seconds: float, kill_after: float
+    server, endpoint: str, bodies: list[bytes], clients: int, seconds: float, kill_after: float
 ) -> tuple[dict, list[tuple[float, float, int]]]:
-    """`clients` threads post good bodies for `seconds`; the Python worker is SIGKILLed after `kill_after`."""
+    """`clients` threads post good bodies to `endpoint` for `seconds`; the Python worker is SIGKILLed
+    after `kill_after`."""
     key = server.keys["inference"]
-    url = f"{server.inference_url}/predictions/restar"
+    url = f"{endpoint}/predictions/restar"
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     records: list[tuple[float, float, int]] = []
     origin = time.monotonic()
@@ -739,6 +743,7 @@ def print_level(name: str, level: dict) -> None:
 
 def poison_run(
     server,
+    endpoint: str,
     good_file: Path,
     hostile_file: Path,
     clients: int,
@@ -758,7 +763,7 @@ def poison_run(
     # per-connection rates: good 1/L, hostile 1/(L+d); solve hostile/(all) = share for d
     factor = hostile_clients * (1 - share) / (good_clients * share)
     delay_ms = max(0, round(mean_ms * (factor - 1)))
-    url = f"{server.inference_url}/predictions/restar"
+    url = f"{endpoint}/predictions/restar"
     token = server.keys["inference"]
     cpu_client = children_cpu_s()
     with TreeSampler(server.process.pid, 1.0) as sampler:
@@ -807,20 +812,23 @@ def poison_run(
     return result
 
 
-def probe_hostile(server) -> dict[str, dict]:
+def probe_hostile(server, endpoint: str) -> dict[str, dict]:
     """Each hostile body once, at rest: its status and the start of the answer."""
     out = {}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {server.keys['inference']}"}
     for name, body in hostile_bodies().items():
         try:
-            response = server.predict(None, raw=body, timeout=60)
+            response = requests.post(f"{endpoint}/predictions/restar", data=body, headers=headers, timeout=60)
             out[name] = {"bytes": len(body), "status": response.status_code, "answer": response.text[:160]}
         except requests.RequestException as exc:
             out[name] = {"bytes": len(body), "status": -1, "answer": f"{type(exc).__name__}: {exc}"[:160]}
     return out
 
 
-def soak_run(server, good_file: Path, clients: int, seconds: float, args: argparse.Namespace) -> dict:
-    url = f"{server.inference_url}/predictions/restar"
+def soak_run(
+    server, endpoint: str, good_file: Path, clients: int, seconds: float, args: argparse.Namespace
+) -> dict:
+    url = f"{endpoint}/predictions/restar"
     cpu_client = children_cpu_s()
     with TreeSampler(server.process.pid, args.soak_interval) as sampler:
         run = WrkRun(
@@ -854,7 +862,7 @@ def soak_run(server, good_file: Path, clients: int, seconds: float, args: argpar
 
 
 def bench_torchserve(args, archive: Path, texts: list[str], workdir: Path, report: dict) -> dict:
-    from restar.serve_local import torchserve
+    from restar.serve_local import gateway, torchserve
 
     good_file = workdir / "torchserve_good.bin"
     good_file.write_bytes(encode_bodies(torchserve_body(text) for text in texts))
@@ -867,13 +875,16 @@ def bench_torchserve(args, archive: Path, texts: list[str], workdir: Path, repor
         "config": str(args.config),
         "settings_override": args.ts_settings,
         "environment_override": worker_env,
+        "via": args.via,
     }
     with (
         patched_environ(worker_env),
         torchserve(archive.parent, args.config, workdir / "torchserve") as server,
+        gateway(server.inference_url, workdir / "gateway") if args.via == "gateway" else nothing() as gw,
     ):
         log = workdir / "torchserve" / "logs" / "ts_log.log"
-        url = f"{server.inference_url}/predictions/restar"
+        endpoint = gw.url if gw is not None else server.inference_url
+        url = f"{endpoint}/predictions/restar"
         token = server.keys["inference"]
         warm = WrkRun(wrk_command(args.wrk, url, good_file, 8, args.warmup_seconds, expect='"label"'), token)
         warm.result(timeout=args.warmup_seconds + 120)
@@ -894,10 +905,11 @@ def bench_torchserve(args, archive: Path, texts: list[str], workdir: Path, repor
             metrics_url=server.metrics_url,
         )
         if not args.skip_poison:
-            out["hostile_probe"] = probe_hostile(server)
+            out["hostile_probe"] = probe_hostile(server, endpoint)
             clean = next((lv for lv in out["levels"] if lv["clients"] == args.poison_clients), None)
             out["poison"] = poison_run(
                 server,
+                endpoint,
                 good_file,
                 hostile_file,
                 args.poison_clients,
@@ -908,7 +920,7 @@ def bench_torchserve(args, archive: Path, texts: list[str], workdir: Path, repor
             )
             time.sleep(args.pause)
         if not args.skip_soak:
-            out["soak"] = soak_run(server, good_file, args.soak_clients, args.soak_seconds, args)
+            out["soak"] = soak_run(server, endpoint, good_file, args.soak_clients, args.soak_seconds, args)
             growth = out["soak"]["rss_growth"]["growth_ratio"]
             print(
                 f"      soak {args.soak_clients} clients {args.soak_seconds:g} s: RSS "
@@ -921,7 +933,7 @@ def bench_torchserve(args, archive: Path, texts: list[str], workdir: Path, repor
         if not args.skip_kill:
             bodies = [torchserve_body(text) for text in texts]
             kill, records = kill_phase(
-                server, bodies, args.kill_clients, args.kill_seconds, args.kill_seconds / 3
+                server, endpoint, bodies, args.kill_clients, args.kill_seconds, args.kill_seconds / 3
             )
             out["worker_kill"] = kill
             out["worker_kill"]["timeline"] = [[round(s, 3), round(e, 3), st] for s, e, st in records]
@@ -1248,6 +1260,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--kill-seconds", type=float, default=60, help="Length of the worker-kill run (kill at 1/3)."
     )
     parser.add_argument("--skip-kill", action="store_true")
+    parser.add_argument(
+        "--via",
+        choices=["gateway", "direct"],
+        default="gateway",
+        help="Reach TorchServe through the nginx gateway (what clients get; default) or directly.",
+    )
     parser.add_argument("--pyfunc-calls", type=int, default=200)
     parser.add_argument("--pyfunc-warmup", type=int, default=20)
     parser.add_argument("--predictor-rows", type=int, default=2000)

@@ -245,6 +245,7 @@ def test_every_phase_end_to_end_on_the_tiny_model(
     )
     kill = torchserve["worker_kill"]
     assert kill["recovered"] and 0 < kill["worker_respawned_s"] < kill["worker_ready_s"] <= kill["recovery_s"]
+    assert torchserve["via"] == "gateway" and kill["failed"] == 0  # the gateway resent the lost batch
     assert torchserve["soak"]["rss_growth"]["first_window_mean_mb"] > 0
     assert set(report["targets"]) == {  # no 32-client level in this run: no throughput ratio
         "p50_1_client_over_pyfunc_p50",
