@@ -1,12 +1,15 @@
+import itertools
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from restar.calibration import expected_calibration_error, fit_calibration, fit_temperature, softmax
-from restar.inference import InferenceCore, ModelMetadata, decide, is_blank
+from restar.inference import InferenceCore, ModelMetadata, decide, is_blank, padded_batches
 from restar.labels import ABSTAIN, LABELS, OUTPUT_COLUMNS
 from restar.metrics import calibrate_on_dev, classification_metrics
 
@@ -146,3 +149,39 @@ def test_core_prepares_texts_as_freeze_did(tiny_model_dir: Path) -> None:
     frame = pd.DataFrame({"title": titles, "text": texts})
     pd.testing.assert_frame_equal(core.predict_frame(frame), out)
     pd.testing.assert_frame_equal(core.predict_frame(frame[["text"]]), core.predict(texts))
+
+
+def brute_force_work(lengths: list[int], max_size: int, overhead: float) -> float:
+    """The least work over every way of cutting the length-sorted texts into consecutive batches."""
+    ordered = sorted(lengths, reverse=True)
+    least = 0.0 if not ordered else float("inf")
+    for cuts in itertools.product([False, True], repeat=max(0, len(ordered) - 1)):
+        bounds = [0, *[i + 1 for i, cut in enumerate(cuts) if cut], len(ordered)]
+        batches = list(itertools.pairwise(bounds))
+        if ordered and all(end - start <= max_size for start, end in batches):
+            least = min(least, sum(overhead + (end - start) * ordered[start] for start, end in batches))
+    return least
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=128), max_size=9),
+    st.integers(min_value=1, max_value=6),
+    st.sampled_from([0, 16, 64, 1000]),
+)
+@settings(max_examples=200, deadline=None)
+def test_padded_batches_cover_every_text_once_with_the_least_work(lengths, max_size, overhead) -> None:
+    batches = padded_batches(lengths, max_size, overhead)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert all(0 < len(batch) <= max_size for batch in batches)
+    flat = [lengths[i] for batch in batches for i in batch]
+    assert flat == sorted(lengths, reverse=True)  # longest first
+    work = sum(overhead + len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    assert work == pytest.approx(brute_force_work(lengths, max_size, overhead))
+
+
+def test_short_texts_leave_a_batch_of_long_ones() -> None:
+    # Two long reviews and six short ones: equal slices of 4 would pad two short ones to 96 tokens.
+    lengths = [96, 12, 95, 10, 11, 12, 9, 10]
+    assert padded_batches(lengths, max_size=4, overhead=64) == [[0, 2], [1, 5, 4], [3, 7, 6]]
+    assert padded_batches(lengths, max_size=8, overhead=64) == [[0, 2], [1, 5, 4, 3, 7, 6]]
+    assert padded_batches([], max_size=8) == []
