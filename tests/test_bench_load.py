@@ -224,6 +224,8 @@ def test_every_phase_end_to_end_on_the_tiny_model(
          "--pause", "0.2",
          "--poison-clients", "4", "--soak-seconds", "3", "--soak-clients", "2", "--soak-interval", "0.2",
          "--kill-clients", "4", "--kill-seconds", "6",
+         "--pair-rounds", "2", "--pair-seconds", "1", "--pair-predictor-rows", "20",
+         "--pair-pyfunc-calls", "5",
          "--pyfunc-calls", "10", "--pyfunc-warmup", "2", "--predictor-rows", "20"]
     )  # fmt: skip
 
@@ -247,8 +249,14 @@ def test_every_phase_end_to_end_on_the_tiny_model(
     assert kill["recovered"] and 0 < kill["worker_respawned_s"] < kill["worker_ready_s"] <= kill["recovery_s"]
     assert torchserve["via"] == "gateway" and kill["failed"] == 0  # the gateway resent the lost batch
     assert torchserve["soak"]["rss_growth"]["first_window_mean_mb"] > 0
-    assert set(report["targets"]) == {  # no 32-client level in this run: no throughput ratio
+    paired = torchserve["paired"]
+    assert len(paired["rounds"]) == 2 and all(pair["failed"] == 0 for pair in paired["rounds"])
+    ratios = sorted(pair["rps_ratio"] for pair in paired["rounds"])
+    assert paired["rps_ratio_median"] == pytest.approx(sum(ratios) / 2, abs=1e-3)
+    assert report["targets"]["rps_32_clients_over_predictor"]["value"] == paired["rps_ratio_median"]
+    assert set(report["targets"]) == {
         "p50_1_client_over_pyfunc_p50",
+        "rps_32_clients_over_predictor",
         "poison_failed_good_requests",
         "soak_rss_growth",
         "worker_kill_failed_ratio_run",
