@@ -1327,8 +1327,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "with the opening baselines only).",
     )
     parser.add_argument("--pair-seconds", type=float, default=10, help="wrk seconds per paired level.")
-    parser.add_argument("--pair-predictor-rows", type=int, default=1000)
-    parser.add_argument("--pair-pyfunc-calls", type=int, default=100)
+    # The predictor reads every text, as the 32-client level cycles through them all in ~10 s; the
+    # pyfunc's calls cover about the texts one client reaches in 10 s (they are sent in order).
+    parser.add_argument("--pair-predictor-rows", type=int, default=2000)
+    parser.add_argument("--pair-pyfunc-calls", type=int, default=500)
     parser.add_argument(
         "--via",
         choices=["gateway", "direct"],
@@ -1464,4 +1466,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    # A SIGTERM unwinds like Ctrl-C: the servers and wrk processes started here are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     main()
