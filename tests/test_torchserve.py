@@ -178,6 +178,24 @@ def test_int8_export_is_served_through_onnx_runtime(
     np.testing.assert_allclose(probabilities, pyfunc_predictions[PROBS].to_numpy(float), atol=0.1)
 
 
+def last_pid() -> int:
+    """The last process or thread id the kernel handed out (threads count from the same counter)."""
+    return int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+
+
+@pytest.mark.skipif(not Path("/proc/sys/kernel/ns_last_pid").exists(), reason="needs Linux /proc")
+def test_the_frontend_starts_no_thread_per_batch(served) -> None:
+    """TorchServe passes each batch to its worker through CompletableFuture.runAsync. With the JDK's
+    common pool at parallelism 1, its default on 2 cores, that starts a thread per call; the
+    shipped config.properties raises the parallelism (vmargs)."""
+    for text in TEXTS:
+        assert served.predict({"text": text}).status_code == 200
+    before = last_pid()
+    for index in range(40):
+        assert served.predict({"text": TEXTS[index % len(TEXTS)]}).status_code == 200
+    assert last_pid() - before < 20
+
+
 def test_stops_cleanly(served) -> None:  # last: stops the shared server
     assert served.stop() == 0
     assert served.process.poll() == 0
