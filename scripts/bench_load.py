@@ -698,6 +698,15 @@ def archive_info(mar: Path) -> dict:
     }
 
 
+def stale_settings(mar: Path, shipped: Path = REPO_ROOT / "torchserve" / "model-config.yaml") -> str | None:
+    """Why an archive given with --archive does not serve the shipped batching settings, or None."""
+    packed = archive_info(mar)["model_config"]
+    expected = yaml.safe_load(shipped.read_text())
+    if packed == expected:
+        return None
+    return f"{mar} packs {packed}, not {shipped.name} ({expected}); re-export it to measure those"
+
+
 def thread_env() -> dict[str, str]:
     names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "TORCH_NUM_THREADS")
     return {name: os.environ[name] for name in names if name in os.environ}
@@ -1425,6 +1434,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if "torchserve" in args.servers:
             if args.archive:
                 archive = args.archive.resolve()
+                if (stale := stale_settings(archive)) and not args.ts_settings:
+                    print(f"note: {stale}", flush=True)
             else:
                 exported = export_torchserve(
                     args.model_uri,

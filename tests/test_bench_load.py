@@ -139,6 +139,19 @@ def test_torchserve_counters_and_log_lines() -> None:
     }
 
 
+def test_an_archive_with_other_batching_settings_is_named(tmp_path: Path) -> None:
+    import zipfile
+
+    shipped = (REPO_ROOT / "torchserve" / "model-config.yaml").read_text()
+    current, stale = tmp_path / "current.mar", tmp_path / "stale.mar"
+    for mar, config in ((current, shipped), (stale, shipped.replace("batchSize: 32", "batchSize: 16"))):
+        with zipfile.ZipFile(mar, "w") as archive:
+            archive.writestr("model-config.yaml", config)
+    assert bench_load.stale_settings(current) is None
+    message = bench_load.stale_settings(stale)
+    assert message is not None and "'batchSize': 16" in message and "re-export" in message
+
+
 def test_missing_wrk_fails_with_how_to_install_it(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="apt-get install -y wrk"):
         bench_load.main(["--wrk", str(tmp_path / "no-wrk"), "--output", str(tmp_path / "load.json")])
