@@ -187,7 +187,8 @@ def last_pid() -> int:
 def test_the_frontend_starts_no_thread_per_batch(served) -> None:
     """TorchServe passes each batch to its worker through CompletableFuture.runAsync. With the JDK's
     common pool at parallelism 1, its default on 2 cores, that starts a thread per call; the
-    shipped config.properties raises the parallelism (vmargs)."""
+    shipped config.properties raises the parallelism (vmargs). On 3 or more cores the JDK's default
+    already keeps the pool, so only a 2-core host (as CI is) can catch the line going missing."""
     for text in TEXTS:
         assert served.predict({"text": text}).status_code == 200
     before = last_pid()
