@@ -248,7 +248,21 @@ class TransformerScorer:
 
 
 def model_kinds() -> dict[str, type[Scorer]]:
-    return {entry.name: entry.load() for entry in entry_points(group=MODEL_KIND_GROUP)}
+    return {name: model_kind(name) for name in entry_points(group=MODEL_KIND_GROUP).names}
+
+
+def model_kind(name: str) -> type[Scorer]:
+    """The scorer class registered as `name`, imported only now: a scoring-only install (the ml-app
+    image) lacks the training extra that some kinds need."""
+    entries = entry_points(group=MODEL_KIND_GROUP)
+    if name not in entries.names:
+        raise ValueError(f"unknown model kind {name!r}; known: {', '.join(sorted(entries.names))}")
+    try:
+        return entries[name].load()
+    except ImportError as exc:
+        raise ValueError(
+            f"model kind {name!r} needs {exc.name}, which is not installed (pip install 'restar[train]')"
+        ) from exc
 
 
 class InferenceCore:
@@ -267,12 +281,11 @@ class InferenceCore:
         metadata = ModelMetadata.load(model_dir)
         if backend is not None:
             metadata = replace(metadata, backend=backend)
-        kinds = model_kinds()
-        if metadata.kind not in kinds:
-            raise ValueError(
-                f"{model_dir}: unknown model kind {metadata.kind!r}; known: {', '.join(sorted(kinds))}"
-            )
-        return cls(kinds[metadata.kind].load(model_dir, metadata, batch_size), metadata)
+        try:
+            kind = model_kind(metadata.kind)
+        except ValueError as exc:
+            raise ValueError(f"{model_dir}: {exc}") from None
+        return cls(kind.load(model_dir, metadata, batch_size), metadata)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return self.scorer.logits(texts)

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests import postgres_kit
+from tests import docker_kit, postgres_kit
 from tests.helpers import make_tiny_model
 from tests.synthetic_reviews import write_dataset
 
@@ -73,3 +73,31 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("postgres_cluster").create_database(request.node.name)
+
+
+@pytest.fixture(scope="session")
+def images(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[docker_kit.BuiltImages]:
+    """The compose file's images, built once through a real Docker engine around the tiny model
+    (tests/docker_kit.py); skipped where no engine runs, except in CI."""
+    docker_kit.require_engine()
+    docker_kit.remove_leftovers()
+    with docker_kit.built_images(tiny_model_dir, tmp_path_factory.mktemp("images")) as built:
+        yield built
+    docker_kit.remove_leftovers()
+
+
+@pytest.fixture(scope="session")
+def predictor_image(images: docker_kit.BuiltImages) -> str:
+    return images.predictor
+
+
+@pytest.fixture(scope="session")
+def baked_predictor_image(images: docker_kit.BuiltImages) -> str:
+    return images.baked_predictor
+
+
+@pytest.fixture(scope="session")
+def torchserve_image(images: docker_kit.BuiltImages) -> str:
+    return images.torchserve

@@ -1,4 +1,5 @@
-"""Static checks of the Dockerfiles and docker-compose.yml (no Docker engine runs here)."""
+"""Static checks of the Dockerfiles and docker-compose.yml: quick, and where no Docker engine runs.
+tests/test_image_predictor.py, test_image_torchserve.py and test_compose_stack.py run them for real."""
 
 from __future__ import annotations
 
@@ -55,14 +56,29 @@ def test_hadolint_is_clean(path: str) -> None:
 @pytest.mark.parametrize("path", DOCKERFILES)
 def test_images_are_pinned_non_root_and_cpu_only(path: str) -> None:
     pairs = instructions(path)
-    bases = [args for keyword, args in pairs if keyword == "FROM"]
-    assert bases and all(re.search(r":\d[\w.-]*$", base) for base in bases), bases
+    args = dict(arg.split("=", 1) for keyword, arg in pairs if keyword == "ARG" and "=" in arg)
+    assert re.fullmatch(r"python:3\.11[\w.-]*-slim-bookworm", args["BASE_IMAGE"])  # the upstream default
+    bases = [args.split()[0] for keyword, args in pairs if keyword == "FROM"]
+    assert bases and set(bases) == {"${BASE_IMAGE}"}, bases
     users = [args for keyword, args in pairs if keyword == "USER"]
     assert users and users[-1] not in ("root", "0")
-    installs = " ".join(args for keyword, args in pairs if keyword == "RUN" and "pip install" in args)
-    if "torch" in installs:
-        assert "torch==2.13.0" in installs
-        assert "download.pytorch.org/whl/cpu" in installs
+    runs = " ".join(args for keyword, args in pairs if keyword == "RUN")
+    assert "pip install" not in runs, "installs go through docker/pip-install.sh (CA bundle, torch source)"
+    if "pip-install.sh torch" in runs:
+        assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+        assert (
+            "--mount=type=secret,id=ca_bundle --mount=type=bind,source=docker/wheels,target=/wheels" in runs
+        )
+
+
+def test_pip_installs_take_cpu_torch_and_leave_no_ca_bundle_behind() -> None:
+    script = (REPO_ROOT / "docker" / "pip-install.sh").read_text()
+    assert script.count('install --index-url "$TORCH_INDEX_URL" torch==2.13.0+cpu') == 1
+    assert script.count("install --find-links /wheels torch==2.13.0+cpu") == 1
+    assert "/run/secrets/ca_bundle" in script and "trap 'rm -f \"$bundle\"' EXIT" in script
+    assert subprocess.run(["sh", "-n", str(REPO_ROOT / "docker" / "pip-install.sh")]).returncode == 0
+    ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
+    assert "/docker/wheels/*.whl" in ignored and "/docker/baked/" in ignored
 
 
 def test_compose_matches_the_compose_spec() -> None:
@@ -92,6 +108,7 @@ def test_compose_services_are_healthy_local_and_secret_free() -> None:
         "torchserve-2",
         "gateway-replicas",
         "predictor",
+        "predictor-baked",
     }
     for name in ("postgres", "mlflow", "torchserve", "torchserve-1", "torchserve-2", "gateway-replicas"):
         assert "healthcheck" in services[name], name
@@ -125,6 +142,9 @@ def test_container_config_differs_from_the_local_one_only_in_addresses() -> None
 
     local, container = settings("config.properties"), settings("config.container.properties")
     assert local == container
+    assert settings("config.follow.properties") == settings("config.follow.container.properties")
+    follow = (REPO_ROOT / "torchserve" / "config.follow.container.properties").read_text().splitlines()
+    assert "management_address=http://127.0.0.1:8081" in follow  # the model API stays in the container
     assert local["disable_token_authorization"] == "false"
     assert local["enable_model_api"] == "false"
     assert local["metrics_mode"] == "prometheus"
@@ -140,9 +160,9 @@ def test_gateway_is_the_only_way_to_torchserves_inference_port() -> None:
     services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
     assert not any(port.endswith(":8080") for port in services["torchserve"]["ports"])
     gateway = services["gateway"]
-    assert gateway["ports"] == ["127.0.0.1:8000:8000"]
+    assert gateway["ports"] == ["127.0.0.1:${RESTAR_GATEWAY_PORT:-8000}:8000"]
     assert gateway["depends_on"] == {"torchserve": {"condition": "service_healthy"}}
-    assert re.fullmatch(r"nginx:\d[\w.-]*", gateway["image"])
+    assert re.fullmatch(r"\$\{RESTAR_NGINX_IMAGE:-nginx:\d[\w.-]*\}", gateway["image"])
     (volume,) = gateway["volumes"]
     source, target, mode = volume.split(":")
     assert (REPO_ROOT / source).is_file()
@@ -173,17 +193,18 @@ def test_replicas_sit_behind_their_gateway_each_with_its_own_keys() -> None:
     assert gateway["environment"]["RESTAR_REPLICAS"].split() == sorted(replicas)
     assert gateway["environment"]["RESTAR_GATEWAY_KEY"].startswith("${")  # from .env, never in the file
     assert gateway["depends_on"] == {name: {"condition": "service_healthy"} for name in replicas}
-    assert gateway["ports"] == ["127.0.0.1:8000:8000"]
+    assert gateway["ports"] == ["127.0.0.1:${RESTAR_GATEWAY_PORT:-8000}:8000"]
     assert {service["profiles"][0] for service in (*replicas.values(), gateway)} == {"replicas"}
     for name, replica in replicas.items():
         assert replica["environment"]["RESTAR_REPLICA"] == name
+        # the entrypoint runs TorchServe there, so its key_file.json lands on the keys volume
+        assert replica["environment"]["RESTAR_TS_WORKDIR"] == f"/srv/restar-keys/{name}"
         assert "ports" not in replica, f"{name}: replicas are reached through the gateway only"
         assert replica["image"] == services["torchserve"]["image"]
         assert replica["volumes"] == ["torchserve-keys:/srv/restar-keys"]
+        assert 'cd "$$RESTAR_TS_WORKDIR"' in replica["healthcheck"]["test"][-1]
         assert "restar-ts-healthcheck.py" in replica["healthcheck"]["test"][-1]
-        command = " ".join(replica["command"])
-        assert 'cd "/srv/restar-keys/$$RESTAR_REPLICA"' in command  # its key_file.json lands there
-        assert "--ts-config /home/model-server/config.properties" in command
+        assert "command" not in replica and "entrypoint" not in replica  # the image's entrypoint
     keys_volume = compose["volumes"]["torchserve-keys"]["driver_opts"]
     assert keys_volume["type"] == "tmpfs" and "uid=10001" in keys_volume["o"]
     mounts = {volume.split(":")[1]: volume.split(":") for volume in gateway["volumes"]}
