@@ -14,9 +14,11 @@ RUN --mount=type=secret,id=ca_bundle sh /usr/local/bin/pip-install.sh "mlflow[au
     && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}
+# The Host headers the server answers (DNS-rebinding protection); docker-compose.yml adds its published port.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    MLFLOW_SERVER_ALLOWED_HOSTS=mlflow:5000,localhost:5000,127.0.0.1:5000
 COPY --from=build /opt/venv /opt/venv
 # /mlflow-auth holds the basic-auth app's users.
 RUN useradd --create-home --uid 10001 mlflow \
@@ -24,4 +26,4 @@ RUN useradd --create-home --uid 10001 mlflow \
 USER 10001
 EXPOSE 5000
 # The backend URI (with credentials) comes from the environment, set by docker-compose from .env.
-CMD ["sh", "-c", "exec mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --artifacts-destination /mlartifacts --allowed-hosts \"mlflow:5000,localhost:5000,127.0.0.1:5000\""]
+CMD ["sh", "-c", "exec mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --artifacts-destination /mlartifacts"]

@@ -3,7 +3,8 @@
 Every fenced `bash` block of those sections runs in order in one clone of the committed tree, each
 block as one `bash -euo pipefail` script, so a command that no longer works as documented fails here.
 A block preceded by `<!-- docs-test: skip (why) -->` is not run (a server that runs until Ctrl-C),
-and the Quickstart's `bash scripts/test.sh` line is left out: it is the command running this test.
+one preceded by `<!-- docs-test: docker (why) -->` runs only where a Docker engine answers (always in
+CI), and the Quickstart's `bash scripts/test.sh` line is left out: it is the command running this test.
 
 The clone gets its own `.venv` that sees this environment's packages (a `.pth` file), so the
 README's `bash scripts/smoke.sh` runs its real setup step without downloading anything.
@@ -19,9 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import docker_kit
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("Quickstart", "Serving production")
+SECTIONS = ("Quickstart", "Serving production", "Containers")
 SKIP_MARKER = re.compile(r"<!--\s*docs-test:\s*skip\b")
+DOCKER_MARKER = re.compile(r"<!--\s*docs-test:\s*docker\b")
 SELF_COMMAND = "bash scripts/test.sh"
 
 pytestmark = pytest.mark.slow
@@ -34,11 +38,12 @@ def section(markdown: str, title: str) -> str:
     return match.group(1)
 
 
-def bash_blocks(text: str) -> list[tuple[str, bool]]:
-    """(script, skipped) for each ```bash block, in order."""
+def bash_blocks(text: str, docker_runs: bool = True) -> list[tuple[str, bool]]:
+    """(script, skipped) for each ```bash block, in order; a docker block is skipped unless docker_runs."""
     blocks = []
     for match in re.finditer(r"(?P<before>[^\n]*)\n```bash\n(?P<body>.*?)```", text, re.DOTALL):
-        skipped = bool(SKIP_MARKER.search(match.group("before")))
+        before = match.group("before")
+        skipped = bool(SKIP_MARKER.search(before)) or (bool(DOCKER_MARKER.search(before)) and not docker_runs)
         blocks.append((match.group("body"), skipped))
     return blocks
 
@@ -55,6 +60,9 @@ def test_block_extraction() -> None:
     blocks = bash_blocks(text)
     assert blocks == [("echo one\nbash scripts/test.sh  # all\n", False), ("mlflow ui\n", True)]
     assert runnable(blocks[0][0]) == "echo one"
+    docker = "<!-- docs-test: docker (an engine) -->\n```bash\ndocker compose build\n```\n"
+    assert bash_blocks(docker, docker_runs=True) == [("docker compose build\n", False)]
+    assert bash_blocks(docker, docker_runs=False) == [("docker compose build\n", True)]
 
 
 def server_logs(home: Path) -> str:
@@ -101,8 +109,12 @@ def test_readme_quickstart_and_serving_blocks_run_on_a_fresh_clone(tmp_path: Pat
     for variable in ("MLFLOW_TRACKING_URI", "RESTAR_AUDIT_DB_URL"):
         env.pop(variable, None)
     ran = []
+    docker_reason = docker_kit.unavailable_reason()
+    if docker_reason and os.environ.get("CI"):
+        pytest.fail(docker_reason)
     for title in SECTIONS:
-        for number, (script, skipped) in enumerate(bash_blocks(section(readme, title)), start=1):
+        blocks = bash_blocks(section(readme, title), docker_runs=docker_reason is None)
+        for number, (script, skipped) in enumerate(blocks, start=1):
             if skipped:
                 continue
             result = subprocess.run(

@@ -370,4 +370,4 @@ def test_compose_wires_the_backend_store_as_tested() -> None:
         assert uri.endswith("@postgres:5432/${POSTGRES_DB:-mlflow}")
     assert "psycopg2-binary" in (REPO_ROOT / "docker" / "mlflow.Dockerfile").read_text()
     # restar-promote on the host keeps its audit log in the same database, on loopback
-    assert services["postgres"]["ports"] == ["127.0.0.1:5432:5432"]
+    assert services["postgres"]["ports"] == ["127.0.0.1:${RESTAR_POSTGRES_PORT:-5432}:5432"]

@@ -290,7 +290,7 @@ def test_compose_auth_profile_runs_the_basic_auth_app() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     service = compose["services"]["mlflow-auth"]
     assert service["profiles"] == ["auth"]
-    assert service["ports"] == ["127.0.0.1:5000:5000"]
+    assert service["ports"] == ["127.0.0.1:${RESTAR_MLFLOW_PORT:-5000}:5000"]
     assert "healthcheck" in service
     assert "mlflow server --app-name basic-auth" in " ".join(service["command"])
     mounts = {target: (source, rest) for source, target, *rest in (v.split(":") for v in service["volumes"])}
