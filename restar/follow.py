@@ -631,6 +631,15 @@ def cleanup_exports(model_store: Path) -> None:
     is_flag=True,
     help="Also serve a version moved past the gates (e.g. in the MLflow UI); by default it is refused.",
 )
+@click.option(
+    "--torchserve-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=REPO_ROOT / "torchserve",
+    show_default="the repository's torchserve/",
+    envvar="RESTAR_TORCHSERVE_DIR",
+    show_envvar=True,
+    help="Folder with the handler.py and model-config.yaml that each exported archive packs.",
+)
 def follow_command(
     management_url: str,
     key_file: Path,
@@ -645,6 +654,7 @@ def follow_command(
     webhook_url: str | None,
     audit_url: str | None,
     allow_unaudited: bool,
+    torchserve_dir: Path,
 ) -> None:
     """Serve what `production` holds: roll TorchServe to each version the alias moves to.
 
@@ -658,11 +668,21 @@ def follow_command(
     from registry.errors import RegistryError
 
     settings = FollowSettings(management_url, key_file, model_store, model, alias)
-    settings = replace(settings, audit_url=audit_url, allow_unaudited=allow_unaudited)
+    settings = replace(
+        settings,
+        audit_url=audit_url,
+        allow_unaudited=allow_unaudited,
+        handler=torchserve_dir / "handler.py",
+        model_config=torchserve_dir / "model-config.yaml",
+    )
     secret = os.environ.get(secret_env, "") if not once else ""
     if not once and not secret:
         raise click.BadParameter(
             f"${secret_env} is empty; set it to the webhook secret", param_hint="--secret-env"
+        )
+    if not webhook_url and not (settings.handler.is_file() and settings.model_config.is_file()):
+        raise click.BadParameter(
+            f"{torchserve_dir} holds no handler.py and model-config.yaml", param_hint="--torchserve-dir"
         )
     try:
         if webhook_url:

@@ -185,10 +185,22 @@ def wait_until_healthy(name: str, url: str, timeout_s: float = 240) -> tuple[str
 
 
 def remove_leftovers() -> None:
-    """Containers with the test label that a killed run left behind."""
+    """What a killed test run left behind: containers with the test label, and whole compose projects
+    named restar-test-* (containers, networks, volumes)."""
     ids = docker("ps", "-aq", "--filter", f"label={TEST_LABEL}", check=False).stdout.split()
     if ids:
         docker("rm", "-f", "-v", *ids, check=False)
+    label = '{{.Label "com.docker.compose.project"}}'
+    projects = set()
+    for kind in (("ps", "-a"), ("network", "ls"), ("volume", "ls")):
+        listed = docker(*kind, "--filter", "label=com.docker.compose.project", "--format", label, check=False)
+        projects |= {name for name in listed.stdout.split() if name.startswith("restar-test-")}
+    for project in sorted(projects):
+        subprocess.run(
+            ["docker", "compose", "-p", project, "down", "-v", "--remove-orphans", "--timeout", "5"],
+            capture_output=True,
+            timeout=300,
+        )
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,22 @@ def test_only_versions_moved_by_restar_promote_are_served(tmp_path: Path) -> Non
         follower.reconcile()
 
 
+def test_the_torchserve_dir_must_hold_what_archives_pack(tmp_path: Path) -> None:
+    """--torchserve-dir (RESTAR_TORCHSERVE_DIR: the TorchServe image sets it) names the handler and
+    model config outside a checkout; a folder without them is refused before anything starts."""
+    from click.testing import CliRunner
+
+    from restar.follow import follow_command as command
+
+    result = CliRunner().invoke(
+        command,
+        ["--once", "--key-file", str(tmp_path / "k.json")],
+        env={"RESTAR_TORCHSERVE_DIR": str(tmp_path)},
+    )
+    assert result.exit_code == 2
+    assert f"{tmp_path} holds no handler.py and model-config.yaml" in result.output
+
+
 # --- end to end ---------------------------------------------------------------------------------------
 
 
