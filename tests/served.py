@@ -23,14 +23,23 @@ def register_production(model_dir: Path, root: Path) -> str:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(root)
-        mlflow.set_tracking_uri(uri)
+        publish_production(model_dir, uri)
+    return uri
+
+
+def publish_production(model_dir: Path, uri: str) -> int:
+    """`model_dir` logged as a pyfunc to the MLflow at `uri` (a store or a server), registered as a new
+    `restar` version and given the alias production; returns the version."""
+    mlflow.set_tracking_uri(uri)
+    try:
         with mlflow.start_run() as run:
             info = log_pyfunc(model_dir)
         registry = Registry("restar", uri)
         version = registry.register(info.model_uri, run.info.run_id, {}, {"eval_accuracy": 0.5})
         registry.set_alias(PRODUCTION, version.version)
+        return int(version.version)
+    finally:
         mlflow.set_tracking_uri(None)
-    return uri
 
 
 def logged_pyfunc(model_dir: Path, root: Path) -> mlflow.pyfunc.PyFuncModel:

@@ -14,17 +14,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
-from registry.service import PRODUCTION, Registry
 from restar.config import SourceConfig
 from restar.freeze import DATA_DIR_ENV, read_category
-from restar.pyfunc import log_pyfunc
 from tests import docker_kit
 from tests.faults_kit import MlflowServer
+from tests.served import publish_production
 from tests.upstream_rows import CATEGORY
 
 BIN = Path(sys.executable).parent
@@ -39,13 +37,7 @@ def registry_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     server = MlflowServer(tmp_path_factory.mktemp("image_registry"))
     url = server.start()
     try:
-        mlflow.set_tracking_uri(url)
-        with mlflow.start_run() as run:
-            info = log_pyfunc(tiny_model_dir)
-        registry = Registry("restar", url)
-        version = registry.register(info.model_uri, run.info.run_id, {}, {"eval_accuracy": 0.5})
-        registry.set_alias(PRODUCTION, version.version)
-        mlflow.set_tracking_uri(None)
+        publish_production(tiny_model_dir, url)
         yield url
     finally:
         server.stop()
