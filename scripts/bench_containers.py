@@ -65,7 +65,8 @@ def build_anchors(env: dict[str, str], work: Path) -> dict[str, float]:
     """Each anchor built from a one-service compose file (BuildKit, like the real images)."""
     sizes = {}
     for name, packages in ANCHORS.items():
-        dockerfile = ANCHOR_DOCKERFILE.replace("$PACKAGES", packages)
+        # `$$`: compose would interpolate the Dockerfile's own variables otherwise
+        dockerfile = ANCHOR_DOCKERFILE.replace("$PACKAGES", packages).replace("$", "$$")
         compose = {
             "services": {
                 name: {
@@ -239,7 +240,9 @@ def main() -> None:
         docker_kit.build_env()  # the local base images first, so that the cold build times only the images
         for image in images.values():
             docker_kit.docker("image", "rm", "-f", image, check=False)
+        docker_kit.docker("image", "prune", "-f")
         docker_kit.docker("builder", "prune", "-af")
+        (work / "registry").mkdir()
         with docker_kit.built_images(model_dir, work / "registry") as built:
             cold_s = built.build_s
             cached_s = docker_kit.compose_build(list(images), built.env)

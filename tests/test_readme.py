@@ -105,6 +105,8 @@ def test_readme_quickstart_and_serving_blocks_run_on_a_fresh_clone(tmp_path: Pat
         # generated ones in the same schema (tests/conftest.py reviews_dir).
         "RESTAR_DATA_DIR": str(reviews_dir),
         "HOME": str(tmp_path / "home"),  # anything written "outside the tree" lands here
+        # ... except Docker's client config, where the `docker compose` plugin is (scripts/docker_setup.sh)
+        "DOCKER_CONFIG": os.environ.get("DOCKER_CONFIG", str(Path.home() / ".docker")),
     }
     for variable in ("MLFLOW_TRACKING_URI", "RESTAR_AUDIT_DB_URL"):
         env.pop(variable, None)
