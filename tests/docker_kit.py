@@ -114,7 +114,16 @@ def compose_build(services: Sequence[str], env: dict[str, str], timeout: float =
     """`docker compose build SERVICES`; returns the seconds it took."""
     started = time.monotonic()
     done = subprocess.run(
-        [*compose_command("restar"), "--profile", "*", "build", "--progress", "plain", *services],
+        # .env.example: compose interpolates the credentials even to build; a fresh clone has no .env
+        [
+            *compose_command("restar", REPO_ROOT / ".env.example"),
+            "--profile",
+            "*",
+            "build",
+            "--progress",
+            "plain",
+            *services,
+        ],
         env=env,
         capture_output=True,
         text=True,
