@@ -36,9 +36,10 @@ class Served:
     key: str
     ready_s: float
 
-    def post(self, body: bytes | str, key: str | None = None) -> requests.Response:
+    def post(self, body: bytes | str, key: str | None = "") -> requests.Response:
+        """POST a prediction with the server's key, another `key`, or none (key=None)."""
         headers = {"Content-Type": "application/json"}
-        if key is not False:
+        if key is not None:
             headers["Authorization"] = f"Bearer {key or self.key}"
         return requests.post(f"{self.url}/predictions/restar", data=body, headers=headers, timeout=30)
 
@@ -68,7 +69,7 @@ def test_healthy_within_a_measured_time(served: Served) -> None:
 def test_token_auth_stays_on(served: Served) -> None:
     assert requests.get(f"{served.url}/ping", timeout=5).status_code == 400  # 0.12 wants the token on /ping
     body = json.dumps({"text": "great"})
-    assert served.post(body, key=False).status_code == 400
+    assert served.post(body, key=None).status_code == 400
     assert served.post(body, key="wrong-key").status_code == 400
     assert served.post(body).status_code == 200
 
