@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -24,6 +25,9 @@ from restar.inference import METADATA_FILE, InferenceCore, is_blank
 from restar.labels import OUTPUT_COLUMNS
 from restar.output_files import atomic_file, write_error
 from restar.text import TEXT_COLUMN, TITLE_COLUMN
+
+if TYPE_CHECKING:
+    import mlflow.pyfunc
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +145,8 @@ def load_predict_fn(model_uri: str) -> PredictFn:
     """A Re*Star model directory, or any MLflow model URI (runs:/, models:/name@alias, models:/name/N)."""
     if (Path(model_uri) / METADATA_FILE).is_file():
         return InferenceCore.from_dir(model_uri).predict
-    import mlflow
-
     with model_load_errors(model_uri):
-        model = mlflow.pyfunc.load_model(model_uri)
+        model = load_pyfunc(model_uri)
 
     def predict(texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame:
         columns = {TEXT_COLUMN: list(texts)}
@@ -153,6 +155,18 @@ def load_predict_fn(model_uri: str) -> PredictFn:
         return model.predict(pd.DataFrame(columns))
 
     return predict
+
+
+def load_pyfunc(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """`mlflow.pyfunc.load_model`, downloading into a folder that is gone once the model is in memory.
+
+    Left to itself, MLflow downloads a registry or run URI into a fresh `mkdtemp` folder that nothing
+    removes: one model copy per load, for as long as the machine runs.
+    """
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="restar-model-") as download:
+        return mlflow.pyfunc.load_model(model_uri, dst_path=download)
 
 
 @contextlib.contextmanager

@@ -592,12 +592,12 @@ def kill_phase(
 
 
 def pyfunc_baseline(model_uri: str, texts: list[str], calls: int, warmup: int) -> dict:
-    import mlflow
     import pandas as pd
 
     from restar.bench import measure_latency
+    from restar.predictor import load_pyfunc
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = load_pyfunc(model_uri)
     result = measure_latency(
         lambda batch: model.predict(pd.DataFrame({"text": list(batch)})),
         texts[: calls + warmup],
@@ -811,13 +811,15 @@ def poison_run(
 
     Good and hostile bodies go through two wrk processes (wrk's Lua cannot pair a response with the
     connection that asked), so each side's statuses are exact. Hostile connections are paced with a
-    per-request delay computed from the clean run's mean latency at the same concurrency."""
+    per-request delay computed from the clean run's mean latency at the same concurrency, and never
+    over a tenth of the run: on a loaded machine that latency is long, and wrk waits the delay out
+    before a connection's first request too (a longer one meant no hostile request at all)."""
     hostile_clients = max(1, math.ceil(clients * share))
     good_clients = clients - hostile_clients
     mean_ms = (clean_level or {}).get("latency_mean_ms") or 0.0
     # per-connection rates: good 1/L, hostile 1/(L+d); solve hostile/(all) = share for d
     factor = hostile_clients * (1 - share) / (good_clients * share)
-    delay_ms = max(0, round(mean_ms * (factor - 1)))
+    delay_ms = min(max(0, round(mean_ms * (factor - 1))), round(seconds * 1000 / 10))
     url = f"{endpoint}/predictions/restar"
     token = server.keys["inference"]
     cpu_client = children_cpu_s()

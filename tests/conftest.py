@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pytest
@@ -11,8 +14,73 @@ from tests import docker_kit, postgres_kit
 from tests.helpers import make_tiny_model
 from tests.synthetic_reviews import write_dataset
 
+if TYPE_CHECKING:  # pytest-xdist is a dev dependency; the suite also runs without it
+    from xdist.remote import Producer
+    from xdist.scheduler import LoadScopeScheduling
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "amazon_reviews_2023"
+
+
+# The modules that build or run the images through a Docker engine. They build and tag the same images,
+# so they run one after another, on one pytest-xdist worker; they are the longest chain, so they go first.
+DOCKER_MODULES = (
+    "tests/test_compose_stack.py",
+    "tests/test_image_predictor.py",
+    "tests/test_image_torchserve.py",
+    "tests/test_readme.py",
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """What runs on one pytest-xdist worker: a module (its module fixtures are built once), or all the
+    Docker modules."""
+    module = nodeid.split("::", 1)[0]
+    return "docker" if module in DOCKER_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadScopeScheduling:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ModuleScheduling(config, log)
+
+
+def longest_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The Docker unit first, then the units with a slow test, then the rest; each unit's tests keep
+    their order (some modules end with a test that stops their shared server)."""
+    slow_units = {work_unit(item.nodeid) for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> tuple[bool, bool]:
+        unit = work_unit(item.nodeid)
+        return unit != "docker", unit not in slow_units
+
+    return sorted(items, key=rank)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist the longest work starts first (scripts/test.sh passes --no-loadscope-reorder,
+    which keeps this order); a run in one process keeps pytest's own order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items[:] = longest_first(items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One temporary folder for whatever the session writes outside tmp_path (MLflow's downloads,
+    TorchServe's scratch, subprocesses' TMPDIR), removed when the session ends."""
+    tmp_path_factory.getbasetemp()  # pytest's own folders stay where pytest puts them
+    scratch = Path(tempfile.mkdtemp(prefix="restar-tests-"))
+    scratch.chmod(0o1777)  # as /tmp: other users write here too (initdb runs as postgres)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(scratch))
+        patch.setattr(tempfile, "tempdir", str(scratch))
+        yield scratch
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -233,7 +233,7 @@ def test_every_phase_end_to_end_on_the_tiny_model(
 
     report = bench_load.main(
         ["--output", str(output), "--data", str(tmp_path / "eval.parquet"), "--texts", "20",
-         "--servers", "torchserve", "--levels", "1", "4", "--seconds", "1", "--warmup-seconds", "1",
+         "--servers", "torchserve", "--levels", "1", "4", "--seconds", "2", "--warmup-seconds", "1",
          "--pause", "0.2",
          "--poison-clients", "4", "--soak-seconds", "3", "--soak-clients", "2", "--soak-interval", "0.2",
          "--kill-clients", "4", "--kill-seconds", "6",

@@ -1,6 +1,7 @@
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -14,6 +15,7 @@ from restar.inference import InferenceCore
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
 from restar.predictor import PredictorError, predict_file
 from restar.pyfunc import log_pyfunc
+from tests.faults_kit import MlflowServer
 
 HARD_TEXTS = [
     "Great product, works as described.",
@@ -95,6 +97,30 @@ def test_mlflow_model_uri(tiny_model_dir: Path, tracking_uri: str, tmp_path: Pat
     out = pd.read_csv(tmp_path / "out.csv")
     assert len(out) == len(HARD_TEXTS)
     assert out.loc[[1, 2, 6], "label"].tolist() == [ABSTAIN] * 3
+
+
+def test_a_registry_model_leaves_no_download_behind(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real `mlflow server` (artifacts proxied, so every load is a download): the copy is gone
+    once the model is loaded. MLflow alone leaves one model copy in the temp folder per load."""
+    server = MlflowServer(tmp_path)
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.start())
+        mlflow.set_tracking_uri(server.url)
+        with mlflow.start_run() as run:
+            log_pyfunc(tiny_model_dir)
+        scratch = tmp_path / "scratch"
+        scratch.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+        input_path = write_input(hard_frame(), tmp_path / "in.csv")
+        rows = predict_file(
+            input_path, tmp_path / "out.csv", f"runs:/{run.info.run_id}/model", progress=False
+        )
+    finally:
+        server.stop()
+    assert rows == len(HARD_TEXTS)
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize(

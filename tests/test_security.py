@@ -166,7 +166,7 @@ def grant(server: AuthServer, user: str, model: str, permission: str) -> None:
 
 @pytest.fixture(scope="module")
 def registered(auth_server: AuthServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """As the admin: the tiny model logged into a run (restar.pyfunc.log_run_model, as `restar train`
+    """As the admin: the tiny model logged into a run (restar.pyfunc.log_run_model, as `restar convert`
     does) and registered twice (registry.Registry.register, as `restar register` does); `production`
     on v1, `staging` on v2; `releaser` may edit the registered model."""
     out_dir = tmp_path_factory.mktemp("run")

@@ -127,10 +127,18 @@ done
 for name in "${names[@]}"; do
     packages_of "$name" >/dev/null
 done
+# The images are built side by side: each is mostly waiting on the mirror and the disk.
+pids=()
 for name in "${names[@]}"; do
     if ! $rebuild && docker image inspect "$(tag_of "$name")" >/dev/null 2>&1; then
         echo "$(tag_of "$name")  exists, kept (--rebuild builds it again)"
         continue
     fi
-    build_one "$name"
+    build_one "$name" &
+    pids+=($!)
 done
+failed=0
+for pid in "${pids[@]}"; do
+    wait "$pid" || failed=1
+done
+exit "$failed"
