@@ -207,7 +207,7 @@ def prepare_command(config_path: Path, frozen_dir: Path, out_dir: Path, as_json:
     type=OUT_DIR,
     default="outputs/dvc_run",
     show_default=True,
-    help="Run folder: model/, metrics_dev.json, train.log, mlflow_run.json.",
+    help="Run folder: checkpoint/, train.log, train_run.json.",
 )
 @click.option(
     "--work-dir",
@@ -221,7 +221,7 @@ def prepare_command(config_path: Path, frozen_dir: Path, out_dir: Path, as_json:
 def train_command(
     config_path: Path, pretrained_dir: Path, data_dir: Path, out_dir: Path, work_dir: Path, as_json: bool
 ) -> None:
-    """Fine-tune, calibrate on dev, save the model and log the run to MLflow.
+    """Fine-tune, save the checkpoint and log the run to MLflow (`restar convert` calibrates it).
 
     A killed run resumes from its last checkpoint when the same command runs again.
 
@@ -242,6 +242,47 @@ def train_command(
         logging.getLogger().removeHandler(log_file)
         log_file.close()
     report(result, as_json)
+
+
+@cli.command("convert")
+@config_option
+@click.option(
+    "--checkpoint",
+    type=EXISTING_DIR,
+    default="outputs/dvc_run/checkpoint",
+    show_default=True,
+    help="Model written by `restar train`.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=EXISTING_DIR,
+    default="data/raw",
+    show_default=True,
+    help="Folder with dev.parquet.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=EXISTING_DIR,
+    default="outputs/dvc_run",
+    show_default=True,
+    help="Run folder holding train_run.json; receives model/, metrics_dev.json and mlflow_run.json.",
+)
+@json_option
+@user_errors
+def convert_command(
+    config_path: Path, checkpoint: Path, data_dir: Path, out_dir: Path, as_json: bool
+) -> None:
+    """Put the trained checkpoint on the config's backend (inference.backend), calibrate it on that
+    backend's dev logits, and log it to MLflow as the model later stages register.
+
+    Example: restar convert --config configs/smoke.yaml
+    """
+    from restar.convert import convert_checkpoint
+
+    config = load_run_config(config_path)
+    report(convert_checkpoint(config, config_path, checkpoint, data_dir, out_dir), as_json)
 
 
 @cli.command("train-baseline")

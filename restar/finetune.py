@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +24,15 @@ from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from restar.config import TrainConfig
-from restar.inference import LoadReport, TransformerScorer, key_patterns, load_pretrained
+from restar.inference import LoadReport, key_patterns, load_pretrained
 from restar.labels import LABELS
-from restar.layer_cache import cache_key, cache_lower_layers, collate_states, top_layers_only, top_logits
+from restar.layer_cache import cache_key, cache_lower_layers, collate_states, top_layers_only
 
 logger = logging.getLogger(__name__)
 
@@ -173,11 +175,30 @@ def build_trainer(
 @dataclass
 class FitResult:
     model: torch.nn.Module  # the whole model, best dev checkpoint, on the CPU in eval mode
-    dev_logits: np.ndarray
     log_history: list[dict]
     global_step: int
     device: str
     checkpoints: Path  # kept until the caller has saved what it needs: a kill before then resumes
+    seconds: float = 0.0  # spent on this run by every process, a killed one's up to its last log
+
+
+class SpentSeconds(TrainerCallback):
+    """Keeps `path` (in the run's checkpoint folder) at the seconds this run has taken so far, by
+    every process: a resumed run starts from what its killed predecessors wrote there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.before = float(path.read_text()) if path.is_file() else 0.0
+        self.started = time.perf_counter()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def on_log(self, args, state, control, **kwargs) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(f"{self.total():.1f}\n")
+
+    on_save = on_log
 
 
 def checkpoint_dir(
@@ -230,6 +251,7 @@ def fit(
     last = last_whole_checkpoint(checkpoints)
     if last:
         logger.info("resuming from %s", last)
+    spent = SpentSeconds(checkpoints / "seconds_spent")
     train_rows = to_dataset(train_frame, tokenizer, settings.max_length)
     dev_rows = to_dataset(dev_frame, tokenizer, settings.max_length)
     if settings.frozen_layers:
@@ -248,37 +270,34 @@ def fit(
                 for name, frame in (("train", train_frame), ("dev", dev_frame))
             )
         result = _fit_top_layers(
-            settings, model, tokenizer, (train_rows, dev_rows), states, checkpoints, last
+            settings, model, tokenizer, (train_rows, dev_rows), states, checkpoints, last, spent
         )
     else:
         trainer = build_trainer(settings, model, tokenizer, train_rows, dev_rows, checkpoints)
+        trainer.add_callback(spent)
         trainer.train(resume_from_checkpoint=last)
-        model = trainer.model.to("cpu").eval()
-        scorer = TransformerScorer(model, tokenizer, settings.max_length, settings.eval_batch_size)
         result = FitResult(
-            model,
-            scorer.logits(dev_frame["text"].tolist()),
+            trainer.model.to("cpu").eval(),
             trainer.state.log_history,
             trainer.state.global_step,
             str(trainer.args.device),
             checkpoints,
         )
+    result.seconds = spent.total()
     return result
 
 
-def _fit_top_layers(settings, model, tokenizer, rows, states, checkpoints, last) -> FitResult:
-    """Train the top layers on cached lower-layer states; dev logits come from the same cache."""
+def _fit_top_layers(settings, model, tokenizer, rows, states, checkpoints, last, spent) -> FitResult:
+    """Train the top layers (and the head) on cached lower-layer states."""
     for split_rows, split_states in zip(rows, states, strict=True):
         for row, state in zip(split_rows, split_states, strict=True):
             row["states"] = state  # the token ids stay: the Trainer groups batches by their length
     with top_layers_only(model, settings.frozen_layers):
         trainer = build_trainer(settings, model, tokenizer, rows[0], rows[1], checkpoints, collate_states)
+        trainer.add_callback(spent)
         trainer.train(resume_from_checkpoint=last)
-        model = trainer.model.to("cpu")
-        dev_logits = top_logits(model, states[1], settings.eval_batch_size).numpy()
     return FitResult(
-        model.eval(),
-        dev_logits,
+        trainer.model.to("cpu").eval(),
         trainer.state.log_history,
         trainer.state.global_step,
         str(trainer.args.device),

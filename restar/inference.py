@@ -47,6 +47,7 @@ class ModelMetadata:
     labels: tuple[str, ...] = LABELS
     kind: str = "transformer"
     backend: str = "torch"
+    drop_rating_titles: bool = True  # as the training data was prepared (restar.text.prepare_text)
 
     def save(self, model_dir: Path) -> None:
         (model_dir / METADATA_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -301,7 +302,7 @@ class InferenceCore:
         """One output row per review text, in order, prepared as the training data was (restar.text):
         markup cleaned and, for upstream rows, each title composed in front of its body. Texts that are
         blank or missing once cleaned abstain with NaN probabilities."""
-        prepared = prepare_texts(texts, titles)
+        prepared = prepare_texts(texts, titles, self.metadata.drop_rating_titles)
         blank = np.array([is_blank(text) for text in prepared], dtype=bool)
         probs = np.full((len(prepared), len(self.metadata.labels)), np.nan)
         present = np.flatnonzero(~blank)

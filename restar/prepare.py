@@ -36,7 +36,15 @@ def prepare(config: PrepareConfig, frozen_dir: Path, out_dir: Path) -> dict[str,
         "rows": {name: len(sample) for name, sample in samples.items()},
         "splits": {name: split_stats(sample) for name, sample in samples.items()},
         "frozen_content_sha256": frozen["content_sha256"],
+        # how freeze composed titles and texts: the model must prepare what it is sent the same way
+        "drop_rating_titles": frozen["config"]["clean"]["drop_rating_titles"],
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     logger.info("prepared %s", stats["rows"])
     return stats
+
+
+def drop_rating_titles(data_dir: Path) -> bool:
+    """Whether the prepared data in `data_dir` dropped rating titles ("Five Stars"); True for data
+    prepared before its stats.json recorded it (freeze has always dropped them by default)."""
+    return json.loads((data_dir / "stats.json").read_text()).get("drop_rating_titles", True)

@@ -25,6 +25,7 @@ from restar.config import BaselineConfig, RunConfig, flatten
 from restar.inference import ModelMetadata
 from restar.labels import LABELS
 from restar.metrics import calibrate_on_dev
+from restar.prepare import drop_rating_titles
 from restar.pyfunc import log_run_model
 from restar.tracking import configure_tracking, experiment_id
 
@@ -108,6 +109,7 @@ def train_baseline(config: RunConfig, config_path: Path, data_dir: Path, out_dir
         max_length=0,
         base_model="tfidf-logreg",
         kind=KIND,
+        drop_rating_titles=drop_rating_titles(data_dir),
     )
     logger.info("baseline dev metrics %s", dev_metrics)
 

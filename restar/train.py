@@ -1,6 +1,7 @@
-"""Fine-tune the encoder for 3-class review sentiment, calibrate on dev, save and log to MLflow.
+"""Fine-tune the encoder for 3-class review sentiment, save the checkpoint and log the run to MLflow.
 
-Top to bottom: config -> seed -> data -> labels -> model -> Trainer -> temperature -> metrics -> save.
+Top to bottom: config -> seed -> data -> labels -> model -> Trainer -> history -> save.
+The convert stage (restar.convert) puts the checkpoint on the served backend and calibrates it there.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
@@ -18,11 +18,9 @@ import torch
 from transformers import set_seed
 
 from restar.config import RunConfig, flatten
+from restar.convert import TRAIN_RUN_FILE
 from restar.finetune import checkpoint_dir, class_weights, fit, load_encoder
 from restar.inference import ModelMetadata
-from restar.metrics import calibrate_on_dev
-from restar.onnx_backend import TORCH, convert
-from restar.pyfunc import log_run_model
 from restar.tracking import configure_tracking, experiment_id
 
 logger = logging.getLogger(__name__)
@@ -79,7 +77,8 @@ def train(
     out_dir: Path,
     work_dir: Path,
 ) -> dict:
-    """Train, calibrate, save to out_dir/model, write metrics_dev.json and log the run to MLflow.
+    """Train, save the checkpoint to out_dir/checkpoint and log the run to MLflow (out_dir/train_run.json
+    names it for the convert stage).
 
     `work_dir` keeps the checkpoints of an unfinished run (a rerun resumes from them) and the layer cache.
     """
@@ -122,47 +121,34 @@ def train(
         )
         mlflow.log_params(
             {
-                **flatten(config),
+                # the backend is the convert stage's: its runs, nested under this one, log it
+                **{key: value for key, value in flatten(config).items() if not key.startswith("inference.")},
                 "base_model.layers": base_model["layers"],
                 "data.content_sha256": data_stats["frozen_content_sha256"],
                 **{f"data.{split}_rows": rows for split, rows in data_stats["rows"].items()},
             }
         )
-        started = time.perf_counter()
         result = fit(settings, model, tokenizer, pretrained_dir, train_frame, dev_frame, work_dir)
-        train_seconds = time.perf_counter() - started
         log_training_history(result.log_history)
 
-        model = result.model
-        temperature, bias, dev_metrics = calibrate_on_dev(
-            result.dev_logits,
-            dev_frame["label"].to_numpy(),
-            settings.abstain_threshold,
-            with_bias=settings.calibration == "temperature+bias",
-        )
         metadata = ModelMetadata(
-            temperature=temperature,
-            class_bias=bias,
             abstain_threshold=settings.abstain_threshold,
             max_length=settings.max_length,
             base_model=base_model["source"],
         )
-        logger.info("temperature %.4f; dev metrics %s", temperature, dev_metrics)
-
-        model_dir = out_dir / "model"
-        save_model(model, tokenizer, metadata, model_dir)
-        if config.inference.backend != TORCH:
-            convert(model_dir, config.inference.backend)
-        (out_dir / "metrics_dev.json").write_text(json.dumps(dev_metrics, indent=2) + "\n")
-        mlflow.log_metrics(dev_metrics, step=result.global_step)
-        # Seconds of this process: a resumed run adds to the time its killed predecessor spent.
-        mlflow.log_metric("train_seconds", round(train_seconds, 1))
-        mlflow.log_artifact(str(out_dir / "metrics_dev.json"))
+        save_model(result.model, tokenizer, metadata, out_dir / "checkpoint")
+        # Every process's seconds: a resumed run adds its own to those its killed predecessors spent.
+        mlflow.log_metric("train_seconds", round(result.seconds, 1))
         mlflow.log_artifact(str(data_dir / "stats.json"), artifact_path="data")
-        record = log_run_model(run, model_dir, out_dir, tracking_uri)
+        record = {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "tracking_uri": tracking_uri,
+        }
+        (out_dir / TRAIN_RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _log_train_log(out_dir)
     shutil.rmtree(result.checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
-    return {**dev_metrics, **record}
+    return {"train_seconds": round(result.seconds, 1), **record}
 
 
 def _log_train_log(out_dir: Path) -> None:

@@ -86,7 +86,7 @@ def run_point(
     )
     train_seconds = time.perf_counter() - started
     with top_layers_only(result.model, settings.frozen_layers):
-        logits = {"dev": result.dev_logits, "eval": top_logits(result.model, states["eval"]).numpy()}
+        logits = {split: top_logits(result.model, states[split]).numpy() for split in ("dev", "eval")}
     shutil.rmtree(result.checkpoints, ignore_errors=True)
     point = {
         "encoder": name,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quickstart: set up, then run the smoke pipeline end to end: every stage of dvc.yaml (fetch_model,
-# freeze_data, prepare, train, evaluate, the TF-IDF baseline's three stages, register, promote,
+# freeze_data, prepare, train, convert, evaluate, the TF-IDF baseline's three stages, register, promote,
 # export_torchserve).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -53,8 +53,9 @@ def logged_pyfunc(model_dir: Path, root: Path) -> mlflow.pyfunc.PyFuncModel:
         mlflow.set_tracking_uri(None)
 
 
-def export_production(uri: str, work: Path) -> Path:
-    """Export models:/restar@production from the store at `uri` into work/; returns the model store."""
+def export_production(uri: str, work: Path, model_config: Path | None = None) -> Path:
+    """Export models:/restar@production from the store at `uri` into work/, with the repository's
+    model-config.yaml unless `model_config` is given; returns the model store."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         export_torchserve(
@@ -62,7 +63,7 @@ def export_production(uri: str, work: Path) -> Path:
             work / "artifacts",
             work / "model-store",
             REPO_ROOT / "torchserve" / "handler.py",
-            REPO_ROOT / "torchserve" / "model-config.yaml",
+            model_config or REPO_ROOT / "torchserve" / "model-config.yaml",
         )
     return work / "model-store"
 

@@ -34,6 +34,7 @@ EVERY_COMMAND = [*walk(cli, cli, []), *walk(promote_cli, promote_cli, [])]
 def test_all_commands_present() -> None:
     assert set(COMMANDS) == {
         "bench",
+        "convert",
         "evaluate",
         "export-torchserve",
         "fetch-model",

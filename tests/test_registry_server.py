@@ -72,6 +72,7 @@ def project(server: str, reviews_dir: Path, tmp_path_factory: pytest.TempPathFac
     restar("prepare", "--config", "configs/ci.yaml")
     for config, run_dir in (("configs/ci.yaml", "run1"), ("configs/ci_second.yaml", "run2")):
         restar("train", "--config", config, "--out", run_dir)
+        restar("convert", "--config", config, "--checkpoint", f"{run_dir}/checkpoint", "--out", run_dir)
         restar("evaluate", "--model", f"{run_dir}/model", "--out", run_dir)
         restar("register", "--config", config, "--run-dir", run_dir, "--out", f"{run_dir}/registered.json")
     return root, env

@@ -68,10 +68,14 @@ def train_args(name: str) -> list[str]:
             "--out", f"{name}/run", "--work-dir", f"{name}/work"]  # fmt: skip
 
 
+def convert_args(name: str) -> list[str]:
+    return ["convert", "--config", "run.yaml", "--checkpoint", f"{name}/run/checkpoint", "--data", "raw",
+            "--out", f"{name}/run"]  # fmt: skip
+
+
 def test_killed_training_resumes_to_the_same_result(project) -> None:
     root, env = project
     restar(*train_args("unbroken"), env=env, cwd=root)
-    unbroken = json.loads((root / "unbroken/run/metrics_dev.json").read_text())
 
     env_killed = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/killed.db"}
     process = subprocess.Popen(
@@ -86,22 +90,27 @@ def test_killed_training_resumes_to_the_same_result(project) -> None:
     time.sleep(0.5)  # let the checkpoint's last files land, then kill mid-epoch without warning
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (root / "killed/run/metrics_dev.json").exists()
+    assert not (root / "killed/run/checkpoint").exists()
+    (killed_seconds,) = [float(path.read_text()) for path in checkpoints.glob("*/seconds_spent")]
     # the layer cache of the killed run is kept; only whole shards count
     assert list((root / "killed/work/layers").glob("*/shard-*.safetensors"))
 
     resumed = restar(*train_args("killed"), env=env_killed, cwd=root)
     assert "resuming from" in resumed.stderr + (root / "killed/run/train.log").read_text()
-    result = json.loads((root / "killed/run/metrics_dev.json").read_text())
-    assert result["dev_accuracy"] == pytest.approx(unbroken["dev_accuracy"], abs=0.02)
-    assert result["dev_macro_f1"] == pytest.approx(unbroken["dev_macro_f1"], abs=0.03)
-    assert result["temperature"] == pytest.approx(unbroken["temperature"], rel=0.1)
     assert not list(checkpoints.glob("*/checkpoint-*"))  # a finished run leaves no checkpoints
-
     # the resumed process logged into the killed run's MLflow run: one run, finished
     mlflow.set_tracking_uri(env_killed["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["restar-resume"], output_format="list")
     assert [run.info.status for run in runs] == ["FINISHED"]
+    assert runs[0].data.metrics["train_seconds"] > killed_seconds > 0  # the killed process's time counts
+
+    restar(*convert_args("unbroken"), env=env, cwd=root)
+    restar(*convert_args("killed"), env=env_killed, cwd=root)
+    unbroken = json.loads((root / "unbroken/run/metrics_dev.json").read_text())
+    result = json.loads((root / "killed/run/metrics_dev.json").read_text())
+    assert result["dev_accuracy"] == pytest.approx(unbroken["dev_accuracy"], abs=0.02)
+    assert result["dev_macro_f1"] == pytest.approx(unbroken["dev_macro_f1"], abs=0.03)
+    assert result["temperature"] == pytest.approx(unbroken["temperature"], rel=0.1)
 
 
 def test_a_checkpoint_cut_short_is_removed_and_the_whole_one_before_it_resumes(tmp_path: Path) -> None:

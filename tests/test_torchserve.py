@@ -188,13 +188,18 @@ def test_the_frontend_starts_no_thread_per_batch(served) -> None:
     """TorchServe passes each batch to its worker through CompletableFuture.runAsync. With the JDK's
     common pool at parallelism 1, its default on 2 cores, that starts a thread per call; the
     shipped config.properties raises the parallelism (vmargs). On 3 or more cores the JDK's default
-    already keeps the pool, so only a 2-core host (as CI is) can catch the line going missing."""
+    already keeps the pool, so only a 2-core host (as CI is) can catch the line going missing.
+    The kernel's counter is machine-wide, so other processes (a parallel test run) add to it: the
+    fewest ids over three rounds counts, and with a thread per call every round takes at least 40."""
     for text in TEXTS:
         assert served.predict({"text": text}).status_code == 200
-    before = last_pid()
-    for index in range(40):
-        assert served.predict({"text": TEXTS[index % len(TEXTS)]}).status_code == 200
-    assert last_pid() - before < 20
+    taken = []
+    for _round in range(3):
+        before = last_pid()
+        for index in range(40):
+            assert served.predict({"text": TEXTS[index % len(TEXTS)]}).status_code == 200
+        taken.append(last_pid() - before)
+    assert min(taken) < 20, taken
 
 
 def test_stops_cleanly(served) -> None:  # last: stops the shared server
