@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from restar import determinism
 from restar.calibration import expected_calibration_error, reliability_bins, softmax
 from restar.inference import InferenceCore, ModelMetadata
 from restar.labels import LABELS
@@ -121,6 +122,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, float]
     metrics["eval_rows"] = len(frame)
     if core.metadata.backend != TORCH:
         metrics.update(reference_accuracy(model_dir, frame, metrics["eval_accuracy"]))
+    metrics.update(determinism.measure(model_dir, determinism.spread_by_length(frame["text"].tolist())))
     logger.info("eval metrics %s", metrics)
 
     plots_dir = out_dir / "plots"

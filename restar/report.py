@@ -29,6 +29,7 @@ from promotion.promote import run_gates
 from registry.audit import AuditLog, AuditRecord
 from registry.errors import VersionNotFound
 from registry.service import Registry, VersionInfo
+from restar.determinism import TOLERANCE
 from restar.output_files import atomic_file, write_error
 
 REPORT_DIR = Path("outputs/reports")
@@ -310,6 +311,31 @@ def latency_section(version: VersionInfo, records: Sequence[AuditRecord]) -> str
     return section("Latency", body or '<p class="missing">no latency recorded for this version</p>')
 
 
+DETERMINISM_ROWS = {
+    "alone vs. in one batch of all, and in batches of 7 in reverse order": "determinism_batch_max_abs_diff",
+    "in this process vs. in a fresh one on 1 thread": "determinism_process_max_abs_diff",
+}
+
+
+def determinism_section(version: VersionInfo) -> str:
+    """What the evaluate stage measured of this version's answers: the same text, the same answer?"""
+    metrics = version.metrics
+    if "determinism_texts" not in metrics:
+        return section("Determinism", '<p class="missing">not measured for this version</p>')
+    rows = []
+    for what, name in DETERMINISM_ROWS.items():
+        diff = metrics.get(name, float("inf"))
+        same = "yes" if diff <= TOLERANCE else f"no (over {TOLERANCE:g})"
+        rows.append([esc(what), number(metrics.get(name)), esc(same)])
+    intro = (
+        "<p>The largest difference in any calibrated probability over "
+        f"{int(metrics['determinism_texts'])} eval texts, from the shortest to the longest "
+        "(restar/determinism.py).</p>"
+    )
+    table = html_table(["the same text scored", "max abs diff", "same answer"], rows)
+    return section("Determinism", intro + table)
+
+
 def lineage_section(version: VersionInfo) -> str:
     rows = [
         ["model", esc(version.name)],
@@ -361,6 +387,7 @@ def render_report(
         metrics_section(version),
         plots_section(registry, version),
         latency_section(version, records),
+        determinism_section(version),
         lineage_section(version),
         audit_section(version.version, records),
     ]

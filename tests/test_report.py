@@ -191,6 +191,13 @@ def test_report_is_self_contained_with_gates_plots_lineage_and_audit(in_store: S
     assert latency[1] == "PASS" and "5 calls" in latency[5] and "(promote)" in latency[6]
     assert "5 calls" in found["Latency"][1][3]
 
+    determinism = found["Determinism"][1:]  # measured by the evaluate stage on the eval texts
+    assert [r[2] for r in determinism] == ["yes", "yes"]
+    assert [float(r[1]) for r in determinism] == [
+        pytest.approx(in_store.metrics[name], rel=1e-3, abs=1e-12)
+        for name in ("determinism_batch_max_abs_diff", "determinism_process_max_abs_diff")
+    ]
+
     lineage = dict(r for r in found["Lineage"][1:])
     assert lineage["run id"] == in_store.run_id
     assert lineage["git commit"] == LINEAGE["restar.git_commit"]
