@@ -77,8 +77,11 @@ def _number(value: float | None) -> str:
 
 def summary(decision: Decision) -> str:
     previous = "none" if decision.previous_version is None else f"v{decision.previous_version}"
+    moved = f"{decision.alias} -> v{decision.version} (was {previous})"
+    if decision.action == "rollback":
+        moved += "; a rollback runs no gates"
     what = {
-        "moved": f"{decision.alias} -> v{decision.version} (was {previous})",
+        "moved": moved,
         "rejected": f"v{decision.version} rejected: {decision.alias} stays {previous}",
         "unchanged": f"v{decision.version} already holds {decision.alias}",
         "passed": f"v{decision.version} would pass",
@@ -115,6 +118,7 @@ def execute(
     rollback: bool = False,
     force: bool = False,
     reason: str = "",
+    to: int | None = None,
 ) -> Decision:
     """Run one promotion action, mapping service errors to exit codes."""
     from promotion.promote import NothingToRollBack, PromotionConflict
@@ -122,7 +126,7 @@ def execute(
 
     try:
         if rollback:
-            return promoter.rollback(reason)
+            return promoter.rollback(reason, to=to)
         return promoter.promote(version, dry_run=dry_run, force=force, reason=reason)
     except (PromotionConflict, LockTimeout) as exc:
         raise PromoteError(str(exc), EXIT_CONFLICT) from exc
@@ -180,7 +184,17 @@ def audit_option(command: Any) -> Any:
 @click.option(
     "--dry-run", is_flag=True, help="Run the gates and record them; move nothing (exit 1 if a gate fails)."
 )
-@click.option("--rollback", is_flag=True, help="Move `production` back to its previous version (audited).")
+@click.option(
+    "--rollback",
+    is_flag=True,
+    help="Undo the last move of `production` still in force (audited, no gates); again to step further back.",
+)
+@click.option(
+    "--to",
+    "rollback_to",
+    type=click.IntRange(min=1),
+    help="With --rollback: straight back to this version, one production held before.",
+)
 @click.option("--force", is_flag=True, help="Move even if a gate fails (gates still run; needs --reason).")
 @click.option("--reason", default="", help="Why: recorded in the audit log.")
 @click.option(
@@ -195,6 +209,7 @@ def cli(
     policy_path: Path | None,
     dry_run: bool,
     rollback: bool,
+    rollback_to: int | None,
     force: bool,
     reason: str,
     output: Path | None,
@@ -208,12 +223,15 @@ def cli(
         restar-promote --version 3
         restar-promote --dry-run
         restar-promote --rollback --reason "v4 mislabels sarcasm"
+        restar-promote --rollback --to 2 --reason "back to the last good one"
         restar-promote status
     """
     if ctx.invoked_subcommand is not None:
         return
     if rollback and (version or force or dry_run):
         raise click.UsageError("--rollback takes no --version, --force or --dry-run")
+    if rollback_to is not None and not rollback:
+        raise click.UsageError("--to goes with --rollback")
     if force and not reason.strip():
         raise click.UsageError("--force needs --reason")
     from promotion.policy import choose_policy
@@ -221,7 +239,9 @@ def cli(
     choice = choose_policy(policy_path)
     promoter = open_promoter(choice, audit_url)
     policy = announce_policy(choice, promoter, as_json)
-    decision = execute(promoter, version, dry_run=dry_run, rollback=rollback, force=force, reason=reason)
+    decision = execute(
+        promoter, version, dry_run=dry_run, rollback=rollback, force=force, reason=reason, to=rollback_to
+    )
     emit(decision, as_json, output, policy)
     if decision.decision == "moved":
         write_release_report(promoter, decision, as_json)

@@ -98,6 +98,20 @@ def run_gates(gates: list[Gate], candidate: VersionInfo, production: VersionInfo
     return results
 
 
+def undo_stack(moves: list[AuditRecord]) -> list[int]:
+    """The versions the alias holds and held, as an undo stack replayed from the audit log's moves
+    (oldest first): a promotion pushes its version; a rollback pops back to its version (or pushes it,
+    if it is no longer on the stack). The last element is the version in force."""
+    stack: list[int] = []
+    for move in moves:
+        if move.action == "rollback" and move.version in stack:
+            last = len(stack) - 1 - stack[::-1].index(move.version)
+            del stack[last + 1 :]
+        else:
+            stack.append(move.version)
+    return stack
+
+
 class Promoter:
     """Moves one alias (default `production`) of one registered model under one policy."""
 
@@ -141,27 +155,37 @@ class Promoter:
         self._record(decision)
         return decision
 
-    def rollback(self, reason: str = "") -> Decision:
-        """Return the alias to the version it held before the current one, per the audit log; if it was
-        moved outside restar-promote (the MLflow UI), to the version the last audited move set."""
+    def rollback(self, reason: str = "", to: int | None = None) -> Decision:
+        """Undo the last move of the alias that is still in force (see `undo_stack`): each rollback steps
+        one move further back, never toggles. `to`: straight back to a version the alias held before,
+        still on the stack. No gates run. If the alias was moved outside restar-promote (the MLflow UI),
+        the first rollback returns it to the version the last audited move set."""
         self.settle()
         current = self.registry.alias_version(self.alias)
         if current is None:
             raise NothingToRollBack(f"{self.registry.model_name} has no {self.alias!r} alias to roll back")
-        last = self.audit.last_move(self.registry.model_name, self.alias)
-        if last is not None and last.version != current.version:
-            target_version = last.version
+        stack = undo_stack(self.audit.moves(self.registry.model_name, self.alias))
+        if stack and stack[-1] != current.version:
+            target_version = stack[-1]
             reason = (
                 f"{reason} [{self.alias} v{current.version} was set outside restar-promote; back to the "
-                f"last audited v{last.version}]"
+                f"last audited v{target_version}]"
             ).strip()
-        elif last is None or last.previous_version in (None, current.version):
+        elif to is not None:
+            if to not in stack[:-1]:
+                held = ", ".join(f"v{version}" for version in stack[:-1]) or "none"
+                raise NothingToRollBack(
+                    f"v{to} is not a version {self.alias} held before v{current.version} "
+                    f"(to roll back to: {held})"
+                )
+            target_version = to
+        elif len(stack) < 2:
             raise NothingToRollBack(
                 f"the audit log has no earlier {self.alias} version before v{current.version} of "
                 f"{self.registry.model_name}"
             )
         else:
-            target_version = last.previous_version
+            target_version = stack[-2]
         target = self.registry.version(target_version)
         decision = Decision(
             "rollback",

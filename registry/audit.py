@@ -167,6 +167,17 @@ class AuditLog:
         with Session(self.engine, expire_on_commit=False) as session:
             return session.scalars(query).first()
 
+    def moves(self, model_name: str, alias: str) -> list[AuditRecord]:
+        """Every record that moved `alias` of `model_name`, oldest first."""
+        query = (
+            select(AuditRecord)
+            .where(AuditRecord.model_name == model_name, AuditRecord.alias == alias)
+            .where(AuditRecord.decision == "moved")
+            .order_by(AuditRecord.id)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
     def pending(self, model_name: str, alias: str) -> list[AuditRecord]:
         """Moves announced but never confirmed (the registry or the process died mid-move), oldest first."""
         query = (

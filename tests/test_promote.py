@@ -114,6 +114,51 @@ def test_rollback_returns_to_the_previous_version(audit: AuditLog) -> None:
     assert audit.history("restar")[0].action == "rollback"
 
 
+def test_rollbacks_walk_the_history_back_like_undo_never_toggling(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95, 2: 0.96, 3: 0.97, 4: 0.98})
+    for version in (1, 2, 3, 4):
+        promoter(registry, audit).promote(version)
+    walked = []
+    for reason in ("v4 mislabels sarcasm", "v3 too slow", "v2 drifts"):
+        decision = promoter(registry, audit).rollback(reason=reason)
+        walked.append((decision.previous_version, decision.version))
+    assert walked == [(4, 3), (3, 2), (2, 1)]
+    assert registry.aliases["production"] == 1
+    with pytest.raises(NothingToRollBack, match="no earlier production version before v1"):
+        promoter(registry, audit).rollback()
+    rollbacks = [row for row in reversed(audit.history("restar")) if row.action == "rollback"]
+    assert [(row.version, row.reason) for row in rollbacks] == [
+        (3, "v4 mislabels sarcasm"),
+        (2, "v3 too slow"),
+        (1, "v2 drifts"),
+    ]
+
+
+def test_a_promotion_after_a_rollback_is_undone_first(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95, 2: 0.96, 3: 0.97})
+    for version in (1, 2):
+        promoter(registry, audit).promote(version)
+    promoter(registry, audit).rollback()  # 2 -> 1
+    promoter(registry, audit).promote(3)  # 1 -> 3
+    assert promoter(registry, audit).rollback().version == 1  # undoes 3, not back to 2
+    with pytest.raises(NothingToRollBack):
+        promoter(registry, audit).rollback()
+
+
+def test_rollback_to_goes_straight_to_a_version_production_held_before(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95, 2: 0.96, 3: 0.97, 4: 0.98})
+    for version in (1, 2, 3):
+        promoter(registry, audit).promote(version)
+    with pytest.raises(NothingToRollBack, match="v4 is not a version production held before v3"):
+        promoter(registry, audit).rollback(to=4)
+    with pytest.raises(NothingToRollBack, match="held before"):
+        promoter(registry, audit).rollback(to=3)  # the version in force
+    decision = promoter(registry, audit).rollback(to=1, reason="back to the first")
+    assert (decision.previous_version, decision.version) == (3, 1)
+    with pytest.raises(NothingToRollBack):
+        promoter(registry, audit).rollback()  # 2 and 3 were undone with the jump
+
+
 def test_alias_moved_during_gates_aborts_without_moving(audit: AuditLog) -> None:
     registry = FakeRegistry({1: 0.95, 2: 0.96, 3: 0.97})
     promoter(registry, audit).promote(1)

@@ -169,3 +169,30 @@ def test_rollback_and_repromotion_repair_a_move_outside_restar_promote(store: Pa
     assert "v2 already holds production" in again.output
     clean = CliRunner().invoke(promote_cli, ["status", *lenient])
     assert "WARNING" not in clean.output
+
+
+def test_three_rollbacks_walk_three_moves_back_each_with_its_reason(store: Path) -> None:
+    lenient = ["--policy", str(store / "policies" / "lenient.yaml")]
+    for accuracy in (0.96, 0.97):
+        register(accuracy)
+    for version in (2, 3, 4):  # v1 is in production already: three promotions on top of it
+        moved = CliRunner().invoke(promote_cli, ["--version", str(version), *lenient])
+        assert moved.exit_code == 0, moved.output
+    with_to = CliRunner().invoke(promote_cli, ["--to", "2", *lenient])
+    assert with_to.exit_code == 2 and "--to goes with --rollback" in with_to.output
+
+    for reason, expected in (("v4 slow", 3), ("v3 sarcasm", 2), ("v2 drifts", 1)):
+        rolled = CliRunner().invoke(promote_cli, ["--rollback", "--reason", reason, *lenient])
+        assert rolled.exit_code == 0, rolled.output
+        assert f"rollback: production -> v{expected}" in rolled.output
+        assert "a rollback runs no gates" in rolled.output
+        assert production() == expected
+    refused = CliRunner().invoke(promote_cli, ["--rollback", *lenient])
+    assert refused.exit_code == 3 and "no earlier production version before v1" in refused.output
+
+    rollbacks = [row for row in reversed(audit(store).history("restar")) if row.action == "rollback"]
+    assert [(row.previous_version, row.version, row.reason) for row in rollbacks] == [
+        (4, 3, "v4 slow"),
+        (3, 2, "v3 sarcasm"),
+        (2, 1, "v2 drifts"),
+    ]
