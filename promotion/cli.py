@@ -136,18 +136,23 @@ def execute(
         raise PromoteError(str(exc), EXIT_REGISTRY) from exc
 
 
-def write_release_report(promoter: Promoter, decision: Decision, as_json: bool) -> None:
-    """After a move: `restar report` of the version, its path printed and logged to the version's run
-    under `reports/`. The alias has already moved, so a failure here only warns."""
+def write_release_report(
+    promoter: Promoter, decision: Decision, as_json: bool, out: Path | None = None
+) -> None:
+    """After a decision: `restar report` of the version (to `out`, default outputs/reports/), its path
+    printed and logged to the version's run under `reports/`. The decision stands whatever happens
+    here, so a failure only warns."""
     from restar.report import write_report
 
     try:
-        path = write_report(promoter.registry, promoter.audit, promoter.policy, decision.version)
+        path = write_report(promoter.registry, promoter.audit, promoter.policy, decision.version, out)
         run_id = promoter.registry.version(decision.version).run_id
         if run_id:
             promoter.registry.client.log_artifact(run_id, str(path), "reports")
     except Exception as exc:  # any report failure leaves the move standing
-        click.echo(f"WARNING: v{decision.version} moved, but its report failed: {exc}", err=True)
+        click.echo(
+            f"WARNING: v{decision.version} {decision.decision}, but its report failed: {exc}", err=True
+        )
         return
     if not as_json:  # --json output stays one document (the report is logged to the run)
         click.echo(f"report: {path}")

@@ -562,17 +562,35 @@ def register_command(
     show_default=True,
     help="Where to write the decision.",
 )
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="outputs/dvc_run/report.html",
+    show_default=True,
+    help="Where to write the version's release report (whatever the decision).",
+)
 @json_option
 @user_errors
-def promote_command(config_path: Path, registered_path: Path, out_path: Path, as_json: bool) -> None:
+def promote_command(
+    config_path: Path, registered_path: Path, out_path: Path, report_path: Path, as_json: bool
+) -> None:
     """Pipeline stage: promote the version just registered under the run config's promotion policy.
 
     The same gates, audit log and exit codes as `restar-promote --version N --policy POLICY`. The
-    decision file names the policy, and restar-promote then uses it when run without --policy.
+    decision file names the policy, and restar-promote then uses it when run without --policy. The
+    release report is written whatever the decision (a rejected version's says which gate failed).
 
     Example: restar promote --config configs/smoke.yaml
     """
-    from promotion.cli import EXIT_REJECTED, announce_policy, emit, execute, open_promoter
+    from promotion.cli import (
+        EXIT_REJECTED,
+        announce_policy,
+        emit,
+        execute,
+        open_promoter,
+        write_release_report,
+    )
     from promotion.policy import PolicyChoice
 
     config = load_run_config(config_path)
@@ -582,6 +600,7 @@ def promote_command(config_path: Path, registered_path: Path, out_path: Path, as
     policy = announce_policy(choice, promoter, as_json)
     decision = execute(promoter, version)
     emit(decision, as_json, out_path, policy)  # the record names the policy: restar-promote's default
+    write_release_report(promoter, decision, as_json, report_path)
     if decision.decision == "rejected":
         raise click.exceptions.Exit(EXIT_REJECTED)
 

@@ -175,6 +175,7 @@ def model_load_errors(model_uri: str) -> Iterator[None]:
     RegistryUnavailable (registry down) or PredictorError (no such model)."""
     from mlflow.exceptions import MlflowException
 
+    from registry.errors import VersionNotFound
     from registry.service import is_unreachable, unreachable
     from restar.tracking import configure_tracking
 
@@ -185,7 +186,18 @@ def model_load_errors(model_uri: str) -> Iterator[None]:
         if is_unreachable(exc):
             raise unreachable(uri, exc) from exc
         detail = exc.message if isinstance(exc, MlflowException) else str(exc)
+        if is_not_found(exc):
+            raise VersionNotFound(f"cannot load model {model_uri} from {uri}: {detail}") from exc
         raise PredictorError(f"cannot load model {model_uri}: {detail}") from exc
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """No such registered model, version, alias or run (MLflow words an unknown alias as a bad parameter)."""
+    from registry.service import NOT_FOUND_CODES
+
+    code = getattr(exc, "error_code", None)
+    alias_missing = code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)
+    return code in NOT_FOUND_CODES or alias_missing
 
 
 # The prediction columns of an input with no rows.

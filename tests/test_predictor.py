@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from registry.errors import VersionNotFound
 from registry.service import RegistryUnavailable
 from restar.inference import InferenceCore
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
@@ -188,8 +189,9 @@ def test_missing_input_and_unknown_model_version(tracking_uri: str, tmp_path: Pa
     with pytest.raises(PredictorError, match="input file not found"):
         predict_file(tmp_path / "nope.csv", tmp_path / "out.csv", "models:/restar/1", progress=False)
     input_path = write_input(hard_frame(), tmp_path / "in.csv")
-    with pytest.raises(PredictorError, match="cannot load model models:/restar/7"):
-        predict_file(input_path, tmp_path / "out.csv", "models:/restar/7", progress=False)
+    for uri in ("models:/restar/7", "models:/restar@nope", "models:/no-such-model/1"):
+        with pytest.raises(VersionNotFound, match=f"cannot load model {uri}"):  # exit 3, as restar-promote's
+            predict_file(input_path, tmp_path / "out.csv", uri, progress=False)
     assert not (tmp_path / "out.csv").exists()
 
 
