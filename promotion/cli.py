@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # the promoter imports MLflow and SQLAlchemy: `--help` and us
 EXIT_REJECTED = 1
 EXIT_CONFLICT = 4
 EXIT_AUTH = 5
+EXIT_UNDECIDED = 7  # a gate could not measure reliably (the latency gate on a noisy host): nothing moved
+EXIT_CODES = {"rejected": EXIT_REJECTED, "undecided": EXIT_UNDECIDED}  # decisions that are not a success
 
 
 class PromoteError(click.ClickException):
@@ -60,7 +62,7 @@ def gate_table(decision: Decision) -> str:
     rows = [
         (
             g.gate,
-            "PASS" if g.passed else "FAIL",
+            "PASS" if g.passed else "UNDECIDED" if g.inconclusive else "FAIL",
             _number(g.value),
             _number(g.threshold),
             _number(g.margin),
@@ -83,6 +85,10 @@ def summary(decision: Decision) -> str:
     what = {
         "moved": moved,
         "rejected": f"v{decision.version} rejected: {decision.alias} stays {previous}",
+        "undecided": (
+            f"v{decision.version} undecided: a gate could not measure reliably, {decision.alias} stays "
+            f"{previous}; measure again when the host is quieter"
+        ),
         "unchanged": f"v{decision.version} already holds {decision.alias}",
         "passed": f"v{decision.version} would pass",
         "aborted": f"aborted: {decision.reason}",
@@ -250,8 +256,8 @@ def cli(
     emit(decision, as_json, output, policy)
     if decision.decision == "moved":
         write_release_report(promoter, decision, as_json)
-    if decision.decision == "rejected":  # a dry run that would be rejected fails the same way
-        ctx.exit(EXIT_REJECTED)
+    if decision.decision in EXIT_CODES:  # a dry run that would be rejected fails the same way
+        ctx.exit(EXIT_CODES[decision.decision])
 
 
 @cli.command("status")

@@ -30,6 +30,8 @@ class GateResult:
     threshold: float | None
     detail: str = ""
     higher_is_better: bool = True
+    # the gate could not measure reliably: neither a pass nor a fail (nothing moves; measure again)
+    inconclusive: bool = False
 
     @property
     def margin(self) -> float | None:
@@ -61,9 +63,14 @@ class Gate(ABC):
     higher_is_better: ClassVar[bool] = True
 
     def result(
-        self, passed: bool, value: float | None, threshold: float | None, detail: str = ""
+        self,
+        passed: bool,
+        value: float | None,
+        threshold: float | None,
+        detail: str = "",
+        inconclusive: bool = False,
     ) -> GateResult:
-        return GateResult(self.name, passed, value, threshold, detail, self.higher_is_better)
+        return GateResult(self.name, passed, value, threshold, detail, self.higher_is_better, inconclusive)
 
 
 class MetricParams(GateParams):
@@ -133,8 +140,13 @@ class NoRegressionGate(Gate):
 class LatencyParams(GateParams):
     max_avg_ms: float = Field(default=200.0, gt=0)
     max_p95_ms: float = Field(default=400.0, gt=0)
-    calls: int = Field(default=100, ge=1)
+    calls: int = Field(default=40, ge=1, description="Timed texts per trial.")
     warmup: int = Field(default=10, ge=0)
+    trials: int = Field(default=5, ge=1, description="Passes over the same texts.")
+    threads: int = Field(default=1, ge=1, description="The model's compute threads.")
+    max_spread: float = Field(
+        default=0.25, gt=0, description="Most (max - min) / median of the trials' means that still decides."
+    )
     data: Path = Field(
         default=Path("data/raw/eval.parquet"), description="Real eval texts (parquet, `text`)."
     )
@@ -142,7 +154,18 @@ class LatencyParams(GateParams):
 
 
 class LatencyGate(Gate):
-    """Loads the candidate pyfunc in a fresh process and times batch-1 calls with `restar bench`."""
+    """Batch-1 latency of the candidate pyfunc, loaded in a fresh process (`restar bench`), measured so
+    that the verdict does not depend on what else the host runs.
+
+    The SLA reads "average <= 200 ms at batch size 1 on CPU". Wall time on a shared host measures the
+    host: the same model averaged 8.5 ms on a quiet machine and 192 ms beside one busy process. So the
+    gate times the model's own work: the CPU time of each call with a fixed number of compute threads
+    (default 1), over several passes of the same real texts, after a warm-up. With one thread, a call's
+    CPU time is the wall time it takes on a core of its own, so the figure is the SLA's average on an
+    unshared core. The value is the median of the passes' means; when the passes disagree by more than
+    `max_spread`, the gate is inconclusive (neither pass nor fail: nothing moves, measure again). Wall
+    time and the host's load average are recorded beside it.
+    """
 
     name = "latency"
     Params = LatencyParams
@@ -151,12 +174,23 @@ class LatencyGate(Gate):
     def check(self, candidate: VersionInfo, production: VersionInfo | None) -> GateResult:
         params: LatencyParams = self.params  # type: ignore[assignment]
         report = self.run_benchmark(candidate.uri, params)
-        avg, p95 = report["latency_avg_ms"], report["latency_p95_ms"]
+        return self.judge(report, params)
+
+    def judge(self, report: dict[str, Any], params: LatencyParams) -> GateResult:
+        avg, p95 = report["latency_cpu_median_trial_avg_ms"], report["latency_cpu_p95_ms"]
+        spread = report["latency_cpu_spread"]
         hardware = report.get("hardware", {})
         detail = (
-            f"avg {avg:.1f} ms (<= {params.max_avg_ms}), p95 {p95:.1f} ms (<= {params.max_p95_ms}); "
-            f"{report['calls']} calls, {hardware.get('torch_threads')} threads, {hardware.get('cpu')}"
+            f"CPU avg {avg:.1f} ms (<= {params.max_avg_ms}), p95 {p95:.1f} ms (<= {params.max_p95_ms}); "
+            f"wall avg {report['latency_avg_ms']:.1f} ms; {report['trials']} trials x "
+            f"{report['calls'] // report['trials']} calls, spread {spread:.0%}; "
+            f"{hardware.get('torch_threads')} thread(s), load {report.get('load_avg_1m')}, "
+            f"{hardware.get('cpu')}"
         )
+        if spread > params.max_spread:
+            noisy = f"trials differ by {spread:.0%} > {params.max_spread:.0%}"
+            detail = f"could not measure reliably ({noisy}): {detail}"
+            return self.result(False, avg, params.max_avg_ms, detail, inconclusive=True)
         passed = avg <= params.max_avg_ms and p95 <= params.max_p95_ms
         return self.result(passed, avg, params.max_avg_ms, detail)
 
@@ -178,9 +212,14 @@ class LatencyGate(Gate):
             str(params.calls),
             "--warmup",
             str(params.warmup),
+            "--trials",
+            str(params.trials),
+            "--threads",
+            str(params.threads),
             "--json",
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=params.timeout_s)
+        env = {**os.environ, "OMP_NUM_THREADS": str(params.threads), "TQDM_DISABLE": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=params.timeout_s, env=env)
         if done.returncode != 0:
             last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"restar bench failed: {last_line}")

@@ -51,7 +51,9 @@ class Decision:
     """What happened to one promotion attempt."""
 
     action: str  # promote | force | rollback | dry_run
-    decision: str  # moved | rejected | aborted | unchanged | passed (dry run) | pending (mid-move)
+    # moved | rejected | undecided (a gate could not measure) | aborted | unchanged | passed (dry run) |
+    # pending (mid-move)
+    decision: str
     model: str
     alias: str
     version: int
@@ -62,6 +64,12 @@ class Decision:
     @property
     def passed(self) -> bool:
         return all(gate.passed for gate in self.gates)
+
+    @property
+    def undecided(self) -> bool:
+        """No gate failed, but one could not measure reliably: neither a pass nor a fail."""
+        failed = [gate for gate in self.gates if not gate.passed]
+        return bool(failed) and all(gate.inconclusive for gate in failed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -144,7 +152,11 @@ class Promoter:
             reason,
         )
         if dry_run:
-            decision.decision = "passed" if decision.passed else "rejected"
+            decision.decision = (
+                "passed" if decision.passed else "undecided" if decision.undecided else "rejected"
+            )
+        elif decision.undecided and not force:
+            decision.decision = "undecided"
         elif not (decision.passed or force):
             decision.decision = "rejected"
         elif expected is not None and expected.version == candidate.version and self._audited(expected):

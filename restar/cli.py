@@ -469,10 +469,23 @@ def _spark_conf(pairs: tuple[str, ...]) -> dict[str, str]:
     type=click.IntRange(min=1),
     default=200,
     show_default=True,
-    help="Timed single-text calls.",
+    help="Timed single-text calls (per trial).",
 )
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed calls first."
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Time the same texts this many times over (the latency gate compares the trials).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Compute threads for the model [default: torch's, one per core].",
 )
 @click.option(
     "--output",
@@ -483,17 +496,30 @@ def _spark_conf(pairs: tuple[str, ...]) -> dict[str, str]:
 @json_option
 @user_errors
 def bench_command(
-    model_uri: str, data_path: Path, calls: int, warmup: int, output_path: Path | None, as_json: bool
+    model_uri: str,
+    data_path: Path,
+    calls: int,
+    warmup: int,
+    trials: int,
+    threads: int | None,
+    output_path: Path | None,
+    as_json: bool,
 ) -> None:
-    """Batch-size-1 latency (avg/p50/p95 ms) on real eval texts, with hardware and thread count.
+    """Batch-size-1 latency on real eval texts: wall and CPU ms per call (avg/p50/p95), with hardware,
+    thread count and the host's load.
 
     Example: restar bench --model-uri models:/restar@staging --output bench.json
     """
+    import torch
+
     from restar.bench import measure_latency, sample_texts
     from restar.predictor import load_predict_fn
 
+    if threads is not None:
+        torch.set_num_threads(threads)  # before loading: ONNX Runtime sessions take torch's count
     texts = sample_texts(data_path, calls + warmup)
-    result = {"model_uri": model_uri, **measure_latency(load_predict_fn(model_uri), texts, warmup=warmup)}
+    predict_fn = load_predict_fn(model_uri)
+    result = {"model_uri": model_uri, **measure_latency(predict_fn, texts, warmup=warmup, trials=trials)}
     if output_path:
         output_path.parent.mkdir(parents=True, exist_ok=True)
         output_path.write_text(json.dumps(result, indent=2) + "\n")
@@ -584,7 +610,7 @@ def promote_command(
     Example: restar promote --config configs/smoke.yaml
     """
     from promotion.cli import (
-        EXIT_REJECTED,
+        EXIT_CODES,
         announce_policy,
         emit,
         execute,
@@ -601,8 +627,8 @@ def promote_command(
     decision = execute(promoter, version)
     emit(decision, as_json, out_path, policy)  # the record names the policy: restar-promote's default
     write_release_report(promoter, decision, as_json, report_path)
-    if decision.decision == "rejected":
-        raise click.exceptions.Exit(EXIT_REJECTED)
+    if decision.decision in EXIT_CODES:
+        raise click.exceptions.Exit(EXIT_CODES[decision.decision])
 
 
 @cli.command("report")

@@ -137,7 +137,15 @@ def recorded_gate(name: str, version: int, records: Sequence[AuditRecord]) -> Ga
             continue
         for result in record.gate_results or []:
             if result.get("gate") == name:
-                fields = ("gate", "passed", "value", "threshold", "detail", "higher_is_better")
+                fields = (
+                    "gate",
+                    "passed",
+                    "value",
+                    "threshold",
+                    "detail",
+                    "higher_is_better",
+                    "inconclusive",
+                )
                 gate = GateResult(**{key: result[key] for key in fields if key in result})
                 return GateRow(gate, f"recorded {when(record.created_at)} ({record.action})")
     return None
@@ -192,6 +200,8 @@ def gates_section(policy: Policy, version: VersionInfo, rows: Sequence[GateRow])
     def status(row: GateRow) -> str:
         if not row.recorded:
             return '<span class="NA">n/a</span>'
+        if row.result.inconclusive:
+            return '<span class="NA">UNDECIDED</span>'
         verdict = "PASS" if row.result.passed else "FAIL"
         return f'<span class="{verdict}">{verdict}</span>'
 

@@ -49,6 +49,23 @@ def test_no_regression_passes_without_production() -> None:
     assert gate.check(version(eval_macro_f1=0.1), None).passed
 
 
+def bench_report(cpu_avg: float, cpu_p95: float, trial_means: list[float] | None = None) -> dict:
+    """What `restar bench --json` prints, for a model whose calls cost `cpu_avg` ms of CPU."""
+    trial_means = trial_means or [cpu_avg] * 5
+    median = sorted(trial_means)[len(trial_means) // 2]
+    return {
+        "latency_avg_ms": cpu_avg * 3,  # wall time on a busy host: not what the gate judges
+        "latency_p95_ms": cpu_p95 * 3,
+        "latency_cpu_median_trial_avg_ms": cpu_avg,
+        "latency_cpu_p95_ms": cpu_p95,
+        "latency_cpu_spread": (max(trial_means) - min(trial_means)) / median,
+        "calls": 10 * len(trial_means),
+        "trials": len(trial_means),
+        "load_avg_1m": [2.0, 2.1],
+        "hardware": {"torch_threads": 1, "cpu": "test cpu"},
+    }
+
+
 @pytest.mark.parametrize(
     ("avg", "p95", "passed"),
     [
@@ -63,20 +80,33 @@ def test_latency_gate_at_the_threshold(monkeypatch, avg: float, p95: float, pass
 
     def fake_benchmark(model_uri, params):
         calls.append(model_uri)
-        return {
-            "latency_avg_ms": avg,
-            "latency_p95_ms": p95,
-            "calls": 5,
-            "hardware": {"torch_threads": 2, "cpu": "test cpu"},
-        }
+        return bench_report(avg, p95)
 
     monkeypatch.setattr(LatencyGate, "run_benchmark", staticmethod(fake_benchmark))
     gate = LatencyGate(LatencyGate.Params(max_avg_ms=200, max_p95_ms=400))
     result = gate.check(version(7), None)
     assert calls == ["models:/restar/7"]
-    assert result.passed is passed
+    assert result.passed is passed and not result.inconclusive
     assert result.margin == pytest.approx(200 - avg)
-    assert "2 threads" in result.detail
+    assert "1 thread(s)" in result.detail and f"wall avg {avg * 3:.1f} ms" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("trial_means", "inconclusive"),
+    [
+        ([10.0, 10.5, 9.8, 10.2, 10.1], False),
+        ([10.0, 10.0, 10.0, 10.0, 12.4], False),
+        ([10, 10, 10, 10, 13], True),
+    ],
+)
+def test_latency_gate_refuses_to_decide_on_a_noisy_measurement(
+    trial_means: list[float], inconclusive: bool
+) -> None:
+    gate = LatencyGate(LatencyGate.Params(max_spread=0.25))
+    result = gate.judge(bench_report(10.0, 20.0, trial_means), gate.params)  # type: ignore[arg-type]
+    assert result.inconclusive is inconclusive
+    assert result.passed is not inconclusive
+    assert ("could not measure reliably" in result.detail) is inconclusive
 
 
 def test_built_in_gates_come_through_the_entry_point_group() -> None:

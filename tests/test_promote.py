@@ -2,6 +2,7 @@
 
 import pytest
 
+from promotion.gates import GateResult
 from promotion.policy import Policy
 from promotion.promote import NothingToRollBack, Promoter, PromotionConflict
 from registry.audit import AuditLog
@@ -204,3 +205,25 @@ def test_status_warns_when_production_moved_outside(audit: AuditLog) -> None:
     status = promoter(registry, audit).status()
     assert "moved outside restar-promote" in status["warning"]
     assert status["aliases"]["production"] == 2
+
+
+class NoisyGate:
+    """A gate that could not measure (as the latency gate on a host too noisy to time)."""
+
+    name = "noisy"
+
+    def check(self, candidate: VersionInfo, production: VersionInfo | None) -> GateResult:
+        return GateResult(self.name, False, 12.0, 200.0, "could not measure reliably", False, True)
+
+
+def test_an_inconclusive_gate_leaves_the_version_undecided_and_moves_nothing(audit: AuditLog) -> None:
+    registry = FakeRegistry({1: 0.95, 2: 0.96})
+    promoter(registry, audit).promote(1)
+    noisy = promoter(registry, audit)
+    noisy.gates.append(NoisyGate())  # type: ignore[arg-type]
+    assert noisy.promote(2, dry_run=True).decision == "undecided"
+    decision = noisy.promote(2)
+    assert (decision.decision, registry.aliases["production"]) == ("undecided", 1)
+    assert audit.history("restar")[0].decision == "undecided"
+    registry.accuracies[2] = 0.5  # a gate that did decide, and failed: rejected, whatever the noise
+    assert noisy.promote(2).decision == "rejected"
