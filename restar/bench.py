@@ -73,7 +73,9 @@ def measure_latency(
     load_before = os.getloadavg()[0]
     wall_ms, cpu_ms = [], []
     calls = [text for _ in range(trials) for text in timed]
-    for text in tqdm(calls, desc="latency", unit="call", disable=not progress):
+    for text in tqdm(
+        calls, desc="latency", unit="call", disable=None if progress else True
+    ):  # None: a tty only
         wall_start, cpu_start = time.perf_counter(), time.process_time()
         predict_fn([text])
         cpu_ms.append((time.process_time() - cpu_start) * 1000.0)

@@ -17,6 +17,7 @@ from restar.config import load_freeze_config, load_run_config
 from restar.errors import RestarError
 from restar.follow import follow_command
 from restar.output_files import OutputWriteError
+from restar.progress import quiet_unless_terminal
 
 if TYPE_CHECKING:
     from restar.serve import ServeHome
@@ -87,6 +88,7 @@ def cli(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_unless_terminal()
 
 
 @cli.command("fetch-model")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from restar.errors import RestarError
 from restar.inference import METADATA_FILE, InferenceCore, is_blank
-from restar.labels import OUTPUT_COLUMNS
+from restar.labels import OUTPUT_COLUMNS, PROBABILITY_COLUMNS
 from restar.output_files import atomic_file, write_error
 from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CSV_DECIMALS = 6
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Inputs only: pandas reads `reviews.jsonl.gz` (the upstream files) or `reviews.csv.bz2` as they are.
 COMPRESSIONS = {".gz", ".bz2", ".xz", ".zst"}
@@ -248,8 +249,9 @@ class ChunkWriter:
                 self.parquet = pq.ParquetWriter(self.handle, table.schema)
             # a later chunk may infer another type for a passthrough column (all-null, say): use the first's
             self.parquet.write_table(table.cast(self.parquet.schema))
-        elif self.kind == "csv":
-            frame.to_csv(self.handle, header=not self.started, index=False, encoding="utf-8")
+        elif self.kind == "csv":  # text for people: 6 decimals (Parquet and JSON Lines keep every digit)
+            rounded = frame.round({column: CSV_DECIMALS for column in ("confidence", *PROBABILITY_COLUMNS)})
+            rounded.to_csv(self.handle, header=not self.started, index=False, encoding="utf-8")
         elif len(frame):  # no rows are no lines; pandas would write one empty line
             self.handle.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
         self.started = True
@@ -287,7 +289,7 @@ def predict_file(
     with atomic_file(output_path) as handle:
         writer = ChunkWriter(handle, kind)
         try:
-            with tqdm(desc="predict", unit="row", disable=not progress) as bar:
+            with tqdm(desc="predict", unit="row", disable=None if progress else True) as bar:  # a tty only
                 for chunk in itertools.chain([first], chunks):
                     answered = predict_frame(chunk, predict_fn, batch_size=batch_size)
                     writer.write(answered)

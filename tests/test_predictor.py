@@ -74,6 +74,23 @@ def test_every_row_answered_in_order(tiny_model_dir: Path, tmp_path: Path, sourc
     assert not list(tmp_path.glob(".out*"))  # no temporary file left behind
 
 
+def test_csv_probabilities_have_six_decimals_and_parquet_every_digit(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    input_path = write_input(hard_frame(), tmp_path / "in.parquet")
+    for suffix in (".csv", ".parquet"):
+        predict_file(input_path, tmp_path / f"out{suffix}", str(tiny_model_dir), progress=False)
+    cells = pd.read_csv(tmp_path / "out.csv", dtype=str)[["confidence", "p_neg", "p_neu", "p_pos"]]
+    digits = [
+        len(cell.split(".")[1]) for cell in cells.to_numpy().ravel() if isinstance(cell, str) and "." in cell
+    ]
+    assert digits and max(digits) <= 6
+    full = pd.read_parquet(tmp_path / "out.parquet")["p_pos"].dropna()
+    assert (full.round(6) != full).any()  # Parquet keeps what the model said
+    csv = pd.read_csv(tmp_path / "out.csv")["p_pos"].dropna()
+    np.testing.assert_allclose(csv.to_numpy(), full.to_numpy(), atol=5e-7)
+
+
 def test_predictions_match_the_core(tiny_model_dir: Path, tmp_path: Path) -> None:
     frame = pd.DataFrame({"text": ["Loved it", "Meh.", "Worst purchase", "ok"] * 5})
     predict_file(
