@@ -13,6 +13,7 @@ import click
 
 from registry.cli import RegistryCommandError, json_option, registry_group
 from registry.errors import RegistryError
+from restar.business_cli import inconsistencies_command, rank_eval_command
 from restar.config import load_freeze_config, load_run_config
 from restar.errors import RestarError
 from restar.follow import follow_command
@@ -928,3 +929,5 @@ def serve_status_command(home: Path | None, as_json: bool) -> None:
 cli.add_command(registry_group)
 cli.add_command(serve_group)
 cli.add_command(follow_command)
+cli.add_command(rank_eval_command)
+cli.add_command(inconsistencies_command)
