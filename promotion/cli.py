@@ -62,7 +62,8 @@ def gate_table(decision: Decision) -> str:
     rows = [
         (
             g.gate,
-            "PASS" if g.passed else "UNDECIDED" if g.inconclusive else "FAIL",
+            ("PASS" if g.passed else "UNDECIDED" if g.inconclusive else "FAIL")
+            + (" (report)" if g.advisory else ""),
             _number(g.value),
             _number(g.threshold),
             _number(g.margin),

@@ -32,6 +32,8 @@ class GateResult:
     higher_is_better: bool = True
     # the gate could not measure reliably: neither a pass nor a fail (nothing moves; measure again)
     inconclusive: bool = False
+    # report only: shown and audited, never decides (a gate's `enforce: false`)
+    advisory: bool = False
 
     @property
     def margin(self) -> float | None:
@@ -69,8 +71,11 @@ class Gate(ABC):
         threshold: float | None,
         detail: str = "",
         inconclusive: bool = False,
+        advisory: bool = False,
     ) -> GateResult:
-        return GateResult(self.name, passed, value, threshold, detail, self.higher_is_better, inconclusive)
+        return GateResult(
+            self.name, passed, value, threshold, detail, self.higher_is_better, inconclusive, advisory
+        )
 
 
 class MetricParams(GateParams):
@@ -224,3 +229,74 @@ class LatencyGate(Gate):
             last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"restar bench failed: {last_line}")
         return json.loads(done.stdout)
+
+
+class RankEvalParams(GateParams):
+    input: Path = Field(description="Reviews file with parent_asin, timestamp, rating and text.")
+    frozen: Path | None = Field(
+        default=Path("data/frozen"), description="Frozen split: only its dev+eval products (null: no filter)."
+    )
+    treatment: str = Field(
+        default="restar", description="The arm compared with control: restar or text_score."
+    )
+    max_difference_pp: float = Field(
+        default=0.0, description="Most treatment - control bounce (points, at the largest k) that passes."
+    )
+    enforce: bool = Field(default=False, description="Decide the promotion; false: report only.")
+    min_reviews: int = Field(default=10, ge=2)
+    ks: tuple[int, ...] = (1, 3, 5, 10)
+    bootstrap: int = Field(default=1000, ge=1)
+
+
+class RankEvalGate(Gate):
+    """The business proxy (`restar rank-eval`): would rankings built on the candidate's re-starred reviews
+    bounce no more shoppers than rankings built on stars? Report only unless `enforce: true`: the offline
+    proxy is thin evidence (tens of products), so by default it informs a release rather than blocking
+    one. The JSON and the plot are logged to the candidate's run under `rank_eval/`, where the release
+    report finds them."""
+
+    name = "rank_eval"
+    Params = RankEvalParams
+    higher_is_better = False
+
+    def check(self, candidate: VersionInfo, production: VersionInfo | None) -> GateResult:
+        from restar.rank_eval import RankEvalSettings, rank_eval_file
+
+        params: RankEvalParams = self.params  # type: ignore[assignment]
+        settings = RankEvalSettings(min_reviews=params.min_reviews, ks=params.ks, bootstrap=params.bootstrap)
+        result = rank_eval_file(params.input, candidate.uri, settings, params.frozen)
+        log_rank_eval(result, candidate.run_id)
+        k = settings.primary_k
+        difference = result.arm(params.treatment).difference_pp[k]
+        detail = (
+            f"{params.treatment} - control bounce at k={k}: {difference.value:+.2f} points "
+            f"[{difference.low:+.2f}, {difference.high:+.2f}] over {result.counts['products_qualified']} "
+            f"products ({result.product_filter}); {result.arm(params.treatment).verdict}"
+        )
+        if not params.enforce:
+            detail += " (report only)"
+        passed = difference.value <= params.max_difference_pp
+        return self.result(
+            passed, difference.value, params.max_difference_pp, detail, advisory=not params.enforce
+        )
+
+
+RANK_EVAL_ARTIFACT_DIR = "rank_eval"
+
+
+def log_rank_eval(result: Any, run_id: str | None) -> None:
+    """The A/B's JSON and plot in the version's run (`rank_eval/rank_eval.json` and `.png`)."""
+    if not run_id:
+        return
+    import tempfile
+
+    import mlflow
+
+    from restar.rank_eval import write_rank_eval
+
+    with tempfile.TemporaryDirectory() as work:
+        json_path = Path(work) / "rank_eval.json"
+        png_path = write_rank_eval(result, json_path)
+        client = mlflow.MlflowClient()
+        for path in (json_path, png_path):
+            client.log_artifact(run_id, str(path), RANK_EVAL_ARTIFACT_DIR)

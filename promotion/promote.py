@@ -63,12 +63,13 @@ class Decision:
 
     @property
     def passed(self) -> bool:
-        return all(gate.passed for gate in self.gates)
+        """Every gate that decides passed (report-only gates are shown, never decide)."""
+        return all(gate.passed or gate.advisory for gate in self.gates)
 
     @property
     def undecided(self) -> bool:
         """No gate failed, but one could not measure reliably: neither a pass nor a fail."""
-        failed = [gate for gate in self.gates if not gate.passed]
+        failed = [gate for gate in self.gates if not (gate.passed or gate.advisory)]
         return bool(failed) and all(gate.inconclusive for gate in failed)
 
     def as_dict(self) -> dict[str, Any]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from string import Template
@@ -23,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from promotion.gates import GateResult, LatencyGate
+from promotion.gates import RANK_EVAL_ARTIFACT_DIR, GateResult, LatencyGate, RankEvalGate
 from promotion.policy import Policy, build_gates
 from promotion.promote import run_gates
 from registry.audit import AuditLog, AuditRecord
@@ -43,7 +44,7 @@ PLOT_ARTIFACT_DIR = "plots"
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 # Gates that time the model instead of reading the version: the report shows what they recorded at
 # promotion (the audit log) and runs them only when asked, since a run takes minutes.
-MEASURED_GATES = (LatencyGate,)
+MEASURED_GATES = (LatencyGate, RankEvalGate)  # timed or scored: shown as recorded unless measured again
 LINEAGE_TAGS = {
     "restar.git_commit": "git commit",
     "restar.data_sha256": "data sha256",
@@ -137,16 +138,8 @@ def recorded_gate(name: str, version: int, records: Sequence[AuditRecord]) -> Ga
             continue
         for result in record.gate_results or []:
             if result.get("gate") == name:
-                fields = (
-                    "gate",
-                    "passed",
-                    "value",
-                    "threshold",
-                    "detail",
-                    "higher_is_better",
-                    "inconclusive",
-                )
-                gate = GateResult(**{key: result[key] for key in fields if key in result})
+                known = {field.name for field in fields(GateResult)}  # older records lack newer ones
+                gate = GateResult(**{key: value for key, value in result.items() if key in known})
                 return GateRow(gate, f"recorded {when(record.created_at)} ({record.action})")
     return None
 
@@ -203,7 +196,8 @@ def gates_section(policy: Policy, version: VersionInfo, rows: Sequence[GateRow])
         if row.result.inconclusive:
             return '<span class="NA">UNDECIDED</span>'
         verdict = "PASS" if row.result.passed else "FAIL"
-        return f'<span class="{verdict}">{verdict}</span>'
+        report_only = " (report only)" if row.result.advisory else ""
+        return f'<span class="{verdict}">{verdict}</span>{report_only}'
 
     table = html_table(
         ["gate", "result", "value", "threshold", "margin", "detail", "source"],
@@ -221,7 +215,8 @@ def gates_section(policy: Policy, version: VersionInfo, rows: Sequence[GateRow])
         ),
         cls="gates",
     )
-    verdict = "PASS" if all(row.recorded and row.result.passed for row in rows) else "FAIL"
+    deciding = [row for row in rows if not (row.recorded and row.result.advisory)]
+    verdict = "PASS" if all(row.recorded and row.result.passed for row in deciding) else "FAIL"
     intro = (
         f"<p>Policy <b>{esc(policy.name)}</b> for alias <code>{esc(policy.alias)}</code>: "
         f'<span class="{verdict}">{verdict}</span>. {esc(policy.description)}</p>'
@@ -321,6 +316,73 @@ def latency_section(version: VersionInfo, records: Sequence[AuditRecord]) -> str
     return section("Latency", body or '<p class="missing">no latency recorded for this version</p>')
 
 
+def logged_rank_eval(registry: Registry, version: VersionInfo) -> tuple[dict, str] | None:
+    """The business proxy the rank_eval gate logged to the version's run: its JSON and base64 PNG."""
+    if not version.run_id:
+        return None
+    logged = {item.path for item in registry.client.list_artifacts(version.run_id, RANK_EVAL_ARTIFACT_DIR)}
+    names = [f"{RANK_EVAL_ARTIFACT_DIR}/rank_eval.json", f"{RANK_EVAL_ARTIFACT_DIR}/rank_eval.png"]
+    if not set(names) <= logged:
+        return None
+    with tempfile.TemporaryDirectory() as work, quiet_downloads():
+        local = [
+            Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=version.run_id,
+                    artifact_path=name,
+                    dst_path=work,
+                    tracking_uri=registry.tracking_uri,
+                )
+            )
+            for name in names
+        ]
+        return json.loads(local[0].read_text()), base64.b64encode(local[1].read_bytes()).decode("ascii")
+
+
+def interval_text(found: dict) -> str:
+    """`{"value": v, "ci95": [low, high]}` (restar.rank_eval's JSON; None where there was no data)."""
+    value, (low, high) = found["value"], found["ci95"]
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if low is None else f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def business_section(registry: Registry, version: VersionInfo) -> str:
+    """The offline ranking A/B (restar rank-eval): bounce by k per arm, the differences, the verdict."""
+    try:
+        found = logged_rank_eval(registry, version)
+    except (MlflowException, OSError, ValueError) as exc:
+        return section("Business proxy", f'<p class="missing">could not be fetched: {esc(exc)}</p>')
+    if found is None:
+        missing = (
+            "not measured for this version (the policy's rank_eval gate logs it; or run restar rank-eval)"
+        )
+        return section("Business proxy", f'<p class="missing">{esc(missing)}</p>')
+    result, image = found
+    ks = list(next(iter(result["arms"].values()))["bounce_pct"])
+    rows = []
+    for name, arm in result["arms"].items():
+        difference = arm.get("difference_pp", {}).get(str(result["primary_k"]))
+        rows.append(
+            [esc(name)]
+            + [esc(interval_text(arm["bounce_pct"][k])) for k in ks]
+            + [esc(interval_text(difference)) if difference else "-", esc(arm.get("verdict") or "-")]
+        )
+    headers = [
+        "arm",
+        *(f"bounce % k={k}" for k in ks),
+        f"vs control, points (k={result['primary_k']})",
+        "verdict",
+    ]
+    intro = (
+        f"<p><b>{esc(result['verdict'])}</b>: {esc(result['counts']['products_qualified'])} products of "
+        f"<code>{esc(result['input'])}</code> ({esc(result['product_filter'])}); 95% bootstrap intervals. "
+        "The target: rankings on Re*Star bounce at least 2 points fewer shoppers.</p>"
+    )
+    figure = f'<figure><img alt="bounce rate by k" src="data:image/png;base64,{image}"></figure>'
+    return section("Business proxy", intro + html_table(headers, rows) + figure)
+
+
 DETERMINISM_ROWS = {
     "alone vs. in one batch of all, and in batches of 7 in reverse order": "determinism_batch_max_abs_diff",
     "in this process vs. in a fresh one on 1 thread": "determinism_process_max_abs_diff",
@@ -398,6 +460,7 @@ def render_report(
         plots_section(registry, version),
         latency_section(version, records),
         determinism_section(version),
+        business_section(registry, version),
         lineage_section(version),
         audit_section(version.version, records),
     ]
