@@ -88,9 +88,7 @@ def test_post_predictions_is_torchserves_answer(gw, served, token) -> None:
 @pytest.mark.parametrize(
     ("headers", "body"),
     [
-        ({}, b'{"text": "no token"}'),  # TorchServe's own token check
-        ({"Authorization": "Bearer wrong-key"}, b'{"text": "wrong token"}'),
-        (None, b'{"text": broken'),  # the handler's 400
+        (None, b'{"text": broken'),  # the handler's 400 (a bad token: the gateway's own 401, below)
         (None, json.dumps({"texts": ["x"] * 65}).encode()),  # the handler's 413
     ],
 )
@@ -119,6 +117,16 @@ def test_head_on_predictions_gets_405_without_a_body(gw, token) -> None:
     assert response.content == b""
 
 
+def test_a_missing_or_wrong_token_gets_401_before_any_worker(gw, token) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}):
+        refused = call(gw.url, "POST", "/predictions/restar", headers, b'{"text": "hello"}')
+        assert_json_error(refused, 401, "missing or wrong bearer token")
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="restar"'
+    assert call(gw.url, "POST", "/predictions/restar", token, b'{"text": "hello"}').status_code == 200
+    broken = call(gw.url, "POST", "/predictions/restar", token, b'{"text": broken')
+    assert broken.status_code == 400  # the handler's own 400 still reaches the client
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -144,9 +152,11 @@ def test_a_path_that_would_break_the_json_is_not_echoed(gw, token) -> None:
 
 def test_ping_is_proxied_with_torchserves_token_check(gw, served, token) -> None:
     assert call(gw.url, "GET", "/ping", token).json() == {"status": "Healthy"}
-    refused = call(gw.url, "GET", "/ping", {})
-    assert refused.content == call(served.inference_url, "GET", "/ping", {}).content
-    assert refused.status_code in (400, 401)
+    assert call(served.inference_url, "GET", "/ping", {}).status_code == 400  # TorchServe's own answer
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic eDp5"}):
+        refused = call(gw.url, "GET", "/ping", headers)
+        assert_json_error(refused, 401, "missing or wrong bearer token")
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="restar"'
     post = call(gw.url, "POST", "/ping", token)
     assert_json_error(post, 405, "method POST not allowed on /ping; use GET")
     assert post.headers["Allow"] == "GET"
