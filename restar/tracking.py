@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import mlflow
@@ -39,7 +38,9 @@ def experiment_id(name: str) -> str:
             )
         return experiment.experiment_id
     artifact_location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    # A local SQLite store keeps artifacts in mlartifacts/ (a server decides for itself). Not read from
+    # MLFLOW_TRACKING_URI: mlflow.set_tracking_uri sets that variable too, so it is always there.
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
         artifact_location = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
     return mlflow.create_experiment(
         name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
