@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from restar import inconsistencies
-from restar.business_cli import inconsistencies_command
+from restar.cli import cli
 from restar.inconsistencies import (
     PredictorError,
     contradicts,
@@ -188,14 +188,8 @@ def test_the_category_comes_from_the_file_name(tmp_path: Path) -> None:
 
 @pytest.fixture
 def restar_cli() -> click.Group:
-    """A stand-in for restar.cli's group: the commands are registered there by hand, later."""
-
-    @click.group()
-    def group() -> None:
-        """Test group."""
-
-    group.add_command(inconsistencies_command)
-    return group
+    """The `restar` group, where the command is registered."""
+    return cli
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from restar import rank_eval
-from restar.business_cli import rank_eval_command
+from restar.cli import cli
 from restar.inference import decide
 from restar.labels import ABSTAIN, DEFAULT_ABSTAIN_THRESHOLD, LABELS
 from restar.predictor import PredictorError, load_predict_fn
@@ -467,14 +467,8 @@ def test_real_model_answers_every_observed_review(
 
 @pytest.fixture
 def restar_cli() -> click.Group:
-    """A stand-in for restar.cli's group: the commands are registered there by hand, later."""
-
-    @click.group()
-    def group() -> None:
-        """Test group."""
-
-    group.add_command(rank_eval_command)
-    return group
+    """The `restar` group, where the command is registered."""
+    return cli
 
 
 @pytest.fixture
