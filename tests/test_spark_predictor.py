@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from registry.errors import VersionNotFound
 from restar import spark_predictor
 from restar.cli import cli
 from restar.labels import OUTPUT_COLUMNS
@@ -232,7 +233,7 @@ def test_a_missing_model_leaves_no_output(spark, tracking_uri: str, tmp_path: Pa
     out_dir.mkdir()
     (out_dir / "predictions.jsonl").write_text("earlier output")
 
-    with pytest.raises(PredictorError, match="cannot load model models:/restar@production"):
+    with pytest.raises(VersionNotFound, match="cannot load model models:/restar@production"):  # exit 3
         predict_file_spark(source, out_dir / "predictions.jsonl", "models:/restar@production", spark)
 
     assert left_in(out_dir) == ["predictions.jsonl"]
