@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (system packages, .venv, and Docker for the container tests), then run the whole test suite (about 45
+# Set up (system packages, .venv, and Docker for the container tests), then run the whole test suite (45-50
 # minutes on 2 cores, setup included). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
