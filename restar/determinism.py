@@ -31,8 +31,9 @@ def spread_by_length(texts: Sequence[str], count: int = 64) -> list[str]:
     return by_length[::step][:count]
 
 
-def batch_max_abs_diff(model_dir: Path, texts: Sequence[str]) -> float:
-    """Alone against one batch of all the texts, and against small batches in reverse order."""
+def batch_probabilities(model_dir: Path, texts: Sequence[str]) -> tuple[np.ndarray, float]:
+    """The texts scored in one batch, and the largest difference to each scored alone or in small
+    batches in reverse order."""
     from restar.inference import InferenceCore  # torch: only when measuring (the report reads TOLERANCE)
 
     whole = InferenceCore.from_dir(model_dir, batch_size=len(texts))
@@ -40,7 +41,7 @@ def batch_max_abs_diff(model_dir: Path, texts: Sequence[str]) -> float:
     together = whole.probabilities(list(texts))
     small = InferenceCore.from_dir(model_dir, batch_size=SMALL_BATCH)
     reversed_order = small.probabilities(list(texts)[::-1])[::-1]
-    return float(max(np.abs(alone - together).max(), np.abs(alone - reversed_order).max()))
+    return together, float(max(np.abs(alone - together).max(), np.abs(alone - reversed_order).max()))
 
 
 def probabilities_in_fresh_process(model_dir: Path, texts: Sequence[str]) -> np.ndarray:
@@ -61,14 +62,12 @@ def probabilities_in_fresh_process(model_dir: Path, texts: Sequence[str]) -> np.
 
 def measure(model_dir: Path, texts: Sequence[str]) -> dict[str, float]:
     """Both measurements, and how many texts they cover."""
-    from restar.inference import InferenceCore
-
-    here = InferenceCore.from_dir(model_dir).probabilities(list(texts))
+    together, batch_diff = batch_probabilities(model_dir, texts)
     there = probabilities_in_fresh_process(model_dir, texts)
     return {
         "determinism_texts": len(texts),
-        "determinism_batch_max_abs_diff": batch_max_abs_diff(model_dir, texts),
-        "determinism_process_max_abs_diff": float(np.abs(here - there).max()),
+        "determinism_batch_max_abs_diff": batch_diff,
+        "determinism_process_max_abs_diff": float(np.abs(together - there).max()),
     }
 
 
