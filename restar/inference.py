@@ -127,6 +127,12 @@ def encoded_batches(
         yield batch, tokenizer.pad(rows, return_tensors=tensors)
 
 
+def token_counts(tokenizer, texts: Sequence[str]) -> np.ndarray:
+    """Each text's length in tokens, special tokens included, before any truncation."""
+    encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)
+    return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class LoadReport:
     """Weights a checkpoint lacked (`missing`: newly initialised), had in excess, or had in another shape."""
@@ -214,6 +220,9 @@ class Scorer(Protocol):
 
     def logits(self, texts: Sequence[str]) -> np.ndarray: ...
 
+    # Optional, for kinds that read at most `max_length` tokens: `token_counts(texts) -> np.ndarray`,
+    # each text's length in tokens (InferenceCore flags the texts it cut).
+
 
 class TransformerScorer:
     """A fine-tuned Hugging Face sequence classifier."""
@@ -246,6 +255,9 @@ class TransformerScorer:
                 encoded = encoded.to(self.model.device)  # a model fine-tuned on a GPU may still sit there
                 out[batch] = self.model(**encoded).logits.float().cpu().numpy()
         return out
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        return token_counts(self.tokenizer, texts)
 
 
 def model_kinds() -> dict[str, type[Scorer]]:
@@ -298,6 +310,13 @@ class InferenceCore:
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         return self.calibrate(self.logits(texts))
 
+    def truncated(self, texts: Sequence[str]) -> np.ndarray:
+        """Which texts are longer than the model reads: only their first `max_length` tokens are scored."""
+        counter = getattr(self.scorer, "token_counts", None)
+        if counter is None:
+            return np.zeros(len(texts), dtype=bool)
+        return counter(texts) > self.metadata.max_length
+
     def predict(self, texts: Sequence[object], titles: Sequence[object] | None = None) -> pd.DataFrame:
         """One output row per review text, in order, prepared as the training data was (restar.text):
         markup cleaned and, for upstream rows, each title composed in front of its body. Texts that are
@@ -305,10 +324,14 @@ class InferenceCore:
         prepared = prepare_texts(texts, titles, self.metadata.drop_rating_titles)
         blank = np.array([is_blank(text) for text in prepared], dtype=bool)
         probs = np.full((len(prepared), len(self.metadata.labels)), np.nan)
+        truncated = np.zeros(len(prepared), dtype=bool)
         present = np.flatnonzero(~blank)
         if len(present):
-            probs[present] = self.probabilities([prepared[i] for i in present])
-        return decide(probs, self.metadata.abstain_threshold, self.metadata.labels)
+            texts = [prepared[i] for i in present]
+            probs[present] = self.probabilities(texts)
+            truncated[present] = self.truncated(texts)
+        decided = decide(probs, self.metadata.abstain_threshold, self.metadata.labels)
+        return decided.assign(truncated=truncated)
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`predict` for rows with a `text` column and, when they are upstream rows, a `title` column."""

@@ -3,7 +3,15 @@
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 ABSTAIN = "abstain"
 PROBABILITY_COLUMNS: tuple[str, ...] = ("p_neg", "p_neu", "p_pos")
-OUTPUT_COLUMNS: tuple[str, ...] = ("label", "confidence", *PROBABILITY_COLUMNS)
+# What every prediction carries, with its type (MLflow and Spark type names): `truncated` is true when
+# the review is longer than the model reads and only its beginning was scored.
+OUTPUT_TYPES: dict[str, str] = {
+    "label": "string",
+    "confidence": "double",
+    **{name: "double" for name in PROBABILITY_COLUMNS},
+    "truncated": "boolean",
+}
+OUTPUT_COLUMNS: tuple[str, ...] = tuple(OUTPUT_TYPES)
 DEFAULT_ABSTAIN_THRESHOLD = 0.65
 
 

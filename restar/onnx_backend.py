@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from restar.inference import METADATA_FILE, ModelMetadata, encoded_batches, load_fine_tuned
+from restar.inference import METADATA_FILE, ModelMetadata, encoded_batches, load_fine_tuned, token_counts
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,9 @@ class OnnxScorer:
         for batch, encoded in encoded_batches(self.tokenizer, texts, self.batch_size, self.max_length, "np"):
             out[batch] = self.session.run(["logits"], self.feed(encoded))[0]
         return out
+
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        return token_counts(self.tokenizer, texts)
 
     def feed(self, encoded) -> dict[str, np.ndarray]:
         """The graph's inputs from a tokenizer's output: the export took the inputs that tokenizer makes."""

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from restar.errors import RestarError
 from restar.inference import METADATA_FILE, InferenceCore, is_blank
-from restar.labels import OUTPUT_COLUMNS, PROBABILITY_COLUMNS
+from restar.labels import OUTPUT_COLUMNS, OUTPUT_TYPES, PROBABILITY_COLUMNS
 from restar.output_files import atomic_file, write_error
 from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
@@ -202,8 +202,9 @@ def is_not_found(exc: BaseException) -> bool:
 
 
 # The prediction columns of an input with no rows.
+PANDAS_DTYPES = {"string": object, "double": "float64", "boolean": bool}
 NO_PREDICTIONS = pd.DataFrame(
-    {name: pd.Series(dtype=object if name == "label" else "float64") for name in OUTPUT_COLUMNS}
+    {name: pd.Series(dtype=PANDAS_DTYPES[kind]) for name, kind in OUTPUT_TYPES.items()}
 )
 
 

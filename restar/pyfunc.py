@@ -13,7 +13,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 
 from restar.inference import InferenceCore
-from restar.labels import OUTPUT_COLUMNS
+from restar.labels import OUTPUT_TYPES
 from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
 ENTRY_SCRIPT = Path(__file__).with_name("pyfunc_entry.py")
@@ -25,7 +25,7 @@ INPUT_EXAMPLE = pd.DataFrame(  # upstream rows: the title is optional, markup is
 )
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", TEXT_COLUMN), ColSpec("string", TITLE_COLUMN, required=False)]),
-    outputs=Schema([ColSpec("string", "label")] + [ColSpec("double", name) for name in OUTPUT_COLUMNS[1:]]),
+    outputs=Schema([ColSpec(kind, name) for name, kind in OUTPUT_TYPES.items()]),
 )
 
 

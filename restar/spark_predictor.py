@@ -24,7 +24,7 @@ from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
 from restar.inference import METADATA_FILE
-from restar.labels import OUTPUT_COLUMNS
+from restar.labels import OUTPUT_COLUMNS, OUTPUT_TYPES
 from restar.output_files import atomic_file, staging_dir, write_error
 from restar.predictor import (
     ChunkWriter,
@@ -49,7 +49,7 @@ DEFAULT_MASTER = "local[*]"
 ROW_INDEX = "__restar_row"
 PREDICTION = "__restar_prediction"
 # The struct spark_udf returns: the pyfunc's output DataFrame, column for column.
-RESULT_TYPE = ", ".join(f"{name} {'string' if name == 'label' else 'double'}" for name in OUTPUT_COLUMNS)
+RESULT_TYPE = ", ".join(f"{name} {kind}" for name, kind in OUTPUT_TYPES.items())
 SPARK_ERRORS = (PySparkException, Py4JJavaError)
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 

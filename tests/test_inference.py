@@ -64,6 +64,30 @@ def test_core_predicts_every_row_in_order(tiny_model_dir: Path) -> None:
     assert out.loc[4, ["p_neg", "p_neu", "p_pos"]].to_numpy(float) == pytest.approx(single[1], abs=1e-5)
 
 
+def test_texts_longer_than_the_model_reads_are_flagged_truncated(tiny_model_dir: Path) -> None:
+    core = InferenceCore.from_dir(tiny_model_dir)
+    limit = core.metadata.max_length
+    long_text = "word " * (2 * limit)
+    out = core.predict(["short and sweet", long_text, None])
+    assert out["truncated"].tolist() == [False, True, False]  # a blank row is never scored, so never cut
+    # Only the first max_length tokens count: the long text scores as its own truncated beginning.
+    cut = core.scorer.tokenizer.decode(
+        core.scorer.tokenizer(long_text, truncation=True, max_length=limit)["input_ids"],
+        skip_special_tokens=True,
+    )
+    assert out.loc[1, ["p_neg", "p_neu", "p_pos"]].to_numpy(float) == pytest.approx(
+        core.probabilities([cut])[0], abs=1e-5
+    )
+
+
+def test_a_text_of_exactly_max_length_tokens_is_not_truncated(tiny_model_dir: Path) -> None:
+    core = InferenceCore.from_dir(tiny_model_dir)
+    limit = core.metadata.max_length
+    counts = {n: int(core.scorer.token_counts(["word " * n])[0]) for n in range(limit - 4, limit + 2)}
+    exact = next(n for n, count in counts.items() if count == limit)
+    assert core.truncated(["word " * exact, "word " * (exact + 1)]).tolist() == [False, True]
+
+
 def test_temperature_applies_to_logits(tiny_model_dir: Path) -> None:
     core = InferenceCore.from_dir(tiny_model_dir)
     logits = core.logits(["nice"])

@@ -22,7 +22,8 @@ from tests.served import register_production, serve_production
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TEXTS = ["Great box, love it!", "Arrived broken and nobody answered.", "It is fine, I guess.", "🔥🔥"]
+LONG = "Longer than the model reads. " * 200
+TEXTS = ["Great box, love it!", "Arrived broken and nobody answered.", "It is fine, I guess.", "🔥🔥", LONG]
 PROBS = ["p_neg", "p_neu", "p_pos"]
 pytestmark = pytest.mark.slow
 
@@ -62,15 +63,16 @@ def test_single_and_batch_match_the_pyfunc(served, pyfunc_predictions: pd.DataFr
         np.testing.assert_allclose(
             rows[PROBS].to_numpy(float), pyfunc_predictions[PROBS].to_numpy(float), atol=1e-5
         )
+        assert rows["truncated"].tolist() == [False, False, False, False, True]
         assert set(rows["model_version"]) == {1}
 
 
 def test_concurrent_requests_are_batched_and_all_answered(served, pyfunc_predictions: pd.DataFrame) -> None:
     with ThreadPoolExecutor(max_workers=16) as pool:
-        responses = list(pool.map(lambda i: served.predict({"text": TEXTS[i % 4]}), range(48)))
+        responses = list(pool.map(lambda i: served.predict({"text": TEXTS[i % len(TEXTS)]}), range(48)))
     assert [r.status_code for r in responses] == [200] * 48
     for index, response in enumerate(responses):
-        expected = pyfunc_predictions.iloc[index % 4]
+        expected = pyfunc_predictions.iloc[index % len(TEXTS)]
         assert response.json()["p_pos"] == pytest.approx(expected["p_pos"], abs=1e-5)
 
 
