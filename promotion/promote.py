@@ -9,8 +9,8 @@ written `pending`, then the alias is set, then the record becomes `moved`. A rec
 move (`moved`) only once the registry confirmed it. A record left `pending` (the connection was lost
 mid-move: the move may or may not have happened) is settled by the next promote, rollback or status
 under the same lock, from what the registry then says the alias holds: `moved` if it holds the
-record's version, else `aborted`. Tags on the version (`restar.<alias>.*`) only mirror the audit log
-for the MLflow UI: failing to write them is a warning.
+record's version, else `aborted`. The tag on the version (`restar.<alias>`) only mirrors the audit log
+for the MLflow UI: failing to write it is a warning.
 """
 
 from __future__ import annotations
@@ -84,6 +84,15 @@ class Decision:
             "gates": [gate.as_dict() for gate in self.gates],
             "reason": self.reason,
         }
+
+
+def decision_tag(decision: Decision, policy: str) -> str:
+    """One short line for the registry's versions table, e.g. `promote:rejected (release; failed
+    accuracy)`; the audit log keeps the values."""
+    failed = [gate.gate for gate in decision.gates if not (gate.passed or gate.advisory)]
+    count = len(decision.gates)
+    gates = f"failed {', '.join(failed)}" if failed else f"{count}/{count} gates passed"
+    return f"{decision.action}:{decision.decision} ({policy}; {gates})"
 
 
 def default_actor() -> str:
@@ -327,14 +336,7 @@ class Promoter:
         try:
             self.registry.set_tags(
                 decision.version,
-                {
-                    f"restar.{self.alias}.decision": f"{decision.action}:{decision.decision}",
-                    # One short line for the registry's versions table; the audit log keeps the values.
-                    f"restar.{self.alias}.gates": " ".join(
-                        f"{gate.gate}:{'pass' if gate.passed else 'FAIL'}" for gate in decision.gates
-                    ),
-                    f"restar.{self.alias}.policy": self.policy.name,
-                },
+                {f"restar.{self.alias}": decision_tag(decision, self.policy.name)},
             )
         except RegistryError as exc:
             logger.warning("v%s not tagged (the audit log has the decision): %s", decision.version, exc)

@@ -66,6 +66,7 @@ def describe(version: VersionInfo) -> dict[str, Any]:
         "run_id": version.run_id,
         "metrics": version.metrics,
         "tags": version.tags,
+        "description": version.description,
     }
 
 
@@ -124,10 +125,12 @@ def describe_command(ref: str, model_name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    rows = [(key, value) for key, value in info.items() if key not in ("metrics", "tags")]
+    rows = [(key, value) for key, value in info.items() if key not in ("metrics", "tags", "description")]
     rows += [(f"metric {k}", v) for k, v in sorted(version.metrics.items())]
     rows += [(f"tag {k}", v) for k, v in sorted(version.tags.items())]
     click.echo(table(["field", "value"], rows))
+    if version.description:
+        click.echo(f"\n{version.description}")
 
 
 @registry_group.command("compare")

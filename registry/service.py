@@ -45,6 +45,7 @@ class VersionInfo:
     aliases: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    description: str = ""
 
     @property
     def uri(self) -> str:
@@ -62,6 +63,7 @@ class VersionInfo:
             aliases=tuple(sorted(version.aliases or ())),
             tags={key: value for key, value in tags.items() if not key.startswith(METRIC_TAG_PREFIX)},
             metrics={**(metrics or {}), **tag_metrics(tags)},
+            description=version.description or "",
         )
 
 
@@ -195,6 +197,7 @@ class Registry:
         metrics: dict[str, float],
         alias: str | None = STAGING,
         model_params: dict[str, str] | None = None,
+        description: str | None = None,
     ) -> VersionInfo:
         """A new version of a logged model (`models:/m-<id>`) tagged with `lineage`, aliased.
 
@@ -211,6 +214,7 @@ class Registry:
             source=logged.artifact_location,
             run_id=run_id,
             tags=lineage,
+            description=description,
             model_id=logged.model_id,
         )
         if alias:

@@ -55,18 +55,36 @@ def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
 
 
+SHORT_HASH = 12
+
+
 def lineage(config: RunConfig, config_path: Path, data_stats: dict, run_dir: Path) -> dict[str, str]:
-    """The version's tags: where it came from, short enough to read in the registry's table."""
+    """Where the version came from, in full: the version's description."""
     model = json.loads((run_dir / "model" / "restar.json").read_text())
     return {
-        "restar.config": str(config_path),
-        "restar.config_name": config.name,
-        "restar.model_kind": model.get("kind", "transformer"),
-        "restar.base_model": model["base_model"],
-        "restar.git_commit": git_commit(),
-        "restar.data_sha256": data_stats["frozen_content_sha256"],
-        "restar.data_rows": json.dumps(data_stats["rows"], separators=(",", ":")),
+        "config": f"{config.name} ({config_path})",
+        "model": f"{model.get('kind', 'transformer')} {model['base_model']}",
+        "git commit": git_commit(),
+        "data sha256": data_stats["frozen_content_sha256"],
+        "data rows": ", ".join(f"{split} {count}" for split, count in data_stats["rows"].items()),
     }
+
+
+def lineage_tags(full: dict[str, str]) -> dict[str, str]:
+    """Four tags short enough to read at a glance in the registry's versions table."""
+    commit, _, dirty = full["git commit"].partition("-")
+    rows = full["data rows"].replace(", ", " / ")
+    return {
+        "restar.config": full["config"],
+        "restar.model": full["model"],
+        "restar.git": commit[:SHORT_HASH] + (f"-{dirty}" if dirty else ""),
+        "restar.data": f"{full['data sha256'][:SHORT_HASH]} ({rows})",
+    }
+
+
+def lineage_description(full: dict[str, str]) -> str:
+    """The version's description on its MLflow page: the lineage in full, one line per field."""
+    return "\n".join(f"- **{field}**: `{value}`" for field, value in full.items())
 
 
 def model_params(run_dir: Path) -> dict[str, str]:
@@ -90,13 +108,15 @@ def register(
     }
     data_stats = json.loads((data_dir / "stats.json").read_text())
     registry = Registry(config.tracking.registered_model)
+    full = lineage(config, config_path, data_stats, run_dir)
     version = registry.register(
         record["model_uri"],
         record["run_id"],
-        lineage(config, config_path, data_stats, run_dir),
+        lineage_tags(full),
         metrics,
         alias,
         model_params(run_dir),
+        description=lineage_description(full),
     )
     logger.info("registered %s as %s (alias %s)", record["model_uri"], version.uri, alias)
     return version

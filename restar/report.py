@@ -46,12 +46,10 @@ PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 # promotion (the audit log) and runs them only when asked, since a run takes minutes.
 MEASURED_GATES = (LatencyGate, RankEvalGate)  # timed or scored: shown as recorded unless measured again
 LINEAGE_TAGS = {
-    "restar.git_commit": "git commit",
-    "restar.data_sha256": "data sha256",
-    "restar.data_rows": "data rows",
     "restar.config": "config",
-    "restar.base_model": "base model",
-    "restar.model_kind": "model kind",
+    "restar.model": "model",
+    "restar.git": "git commit",
+    "restar.data": "data",
 }
 
 PAGE = Template("""<!DOCTYPE html>
@@ -419,8 +417,10 @@ def lineage_section(version: VersionInfo) -> str:
     rows += [
         [esc(label), f"<code>{esc(version.tags.get(tag))}</code>"] for tag, label in LINEAGE_TAGS.items()
     ]
-    other = {k: v for k, v in version.tags.items() if k not in LINEAGE_TAGS and not k.endswith(".gates")}
+    other = {k: v for k, v in version.tags.items() if k not in LINEAGE_TAGS}
     rows += [[esc(key), f"<code>{esc(value)}</code>"] for key, value in sorted(other.items())]
+    if version.description:
+        rows.append(["in full (the version's description)", f"<pre>{esc(version.description)}</pre>"])
     return section("Lineage", html_table(["field", "value"], rows))
 
 

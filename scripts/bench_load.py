@@ -1398,7 +1398,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "uri": args.model_uri,
             "version": version.version,
             "run_id": version.run_id,
-            "base_model": version.tags.get("restar.base_model"),
+            "base_model": version.tags.get("restar.model"),
             "config": version.tags.get("restar.config"),
             "tracking_uri": tracking,
         },

@@ -150,7 +150,8 @@ def test_baseline_is_a_second_kind_through_the_same_registry_and_gates(pipeline,
     project, env = pipeline
     baseline = json.loads((project / "outputs" / "baseline" / "registered.json").read_text())
     assert baseline["aliases"] == ["baseline"]
-    assert baseline["tags"]["restar.model_kind"] == "tfidf"
+    assert baseline["tags"]["restar.model"].startswith("tfidf ")
+    assert "- **data sha256**: `" in baseline["description"]  # the lineage in full
     assert 0 <= baseline["metrics"]["eval_accuracy"] <= 1
     evaluation = json.loads((project / "outputs" / "baseline" / "metrics_eval.json").read_text())
     assert evaluation["eval_accuracy"] == baseline["metrics"]["eval_accuracy"]
@@ -180,7 +181,7 @@ def test_register_and_promote_stages(pipeline) -> None:
     run_dir = project / "outputs" / "dvc_run"
     registered = json.loads((run_dir / "registered.json").read_text())
     record = json.loads((run_dir / "mlflow_run.json").read_text())
-    assert registered["tags"]["restar.model_kind"] == "transformer"
+    assert registered["tags"]["restar.model"].startswith("transformer ")
     assert registered["run_id"] == record["run_id"]
     assert "staging" in registered["aliases"]
     promotion = json.loads((run_dir / "promotion.json").read_text())

@@ -68,7 +68,7 @@ def test_passing_version_moves_production_and_is_audited(audit: AuditLog) -> Non
     (row,) = audit.history("restar")
     assert (row.action, row.decision, row.version, row.previous_version) == ("promote", "moved", 1, None)
     assert row.gate_results[0]["gate"] == "accuracy"
-    assert "promote:moved" in registry.tags[1]["restar.production.decision"]
+    assert registry.tags[1]["restar.production"] == "promote:moved (test; 1/1 gates passed)"
 
 
 def test_failing_gate_moves_nothing_and_records_the_failure(audit: AuditLog) -> None:
@@ -82,6 +82,7 @@ def test_failing_gate_moves_nothing_and_records_the_failure(audit: AuditLog) -> 
     assert (latest.decision, latest.version, latest.previous_version) == ("rejected", 2, 1)
     assert latest.gate_results[0]["passed"] is False
     assert latest.gate_results[0]["margin"] == pytest.approx(-0.05)
+    assert registry.tags[2]["restar.production"] == "promote:rejected (test; failed accuracy)"
 
 
 def test_dry_run_moves_nothing(audit: AuditLog) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,9 +112,10 @@ def test_two_versions_registered_with_lineage(server: str, in_project: Path) -> 
         version = versions[number]
         assert version.run_id == record["run_id"]
         assert not any(key.startswith("metric.") for key in version.tags)  # metrics live on the run
-        assert len(version.tags["restar.data_sha256"]) == 64
-        assert version.tags["restar.git_commit"]
-        assert version.tags["restar.config_name"] == "ci"
+        assert {"restar.config", "restar.model", "restar.git", "restar.data"} <= set(version.tags)
+        assert re.fullmatch(r"[0-9a-f]{12} \(train \d+ / dev \d+ / eval \d+\)", version.tags["restar.data"])
+        assert version.tags["restar.config"].startswith("ci (")
+        assert re.search(r"- \*\*data sha256\*\*: `[0-9a-f]{64}`", version.description)
         assert (
             version.metrics["eval_accuracy"]
             == json.loads((in_project / run_dir / "metrics_eval.json").read_text())["eval_accuracy"]

@@ -26,13 +26,20 @@ from restar.cli import cli as restar_cli
 from restar.evaluate import PLOT_FILES, evaluate
 from restar.labels import rating_to_label
 from restar.pyfunc import log_pyfunc
+from restar.register import lineage_description, lineage_tags
 from restar.report import PLOTS
 from tests.synthetic_reviews import review
 
 CHROMIUM = Path("/usr/bin/chromium")
 # This test checks what is recorded, not speed: the shared 2-core machine can be very slow.
 SLOW_MACHINE = {"max_avg_ms": 60_000, "max_p95_ms": 60_000}
-LINEAGE = {"restar.git_commit": "0123abc4567def", "restar.data_sha256": "5eed" * 16}
+LINEAGE = {
+    "config": "ci (configs/ci.yaml)",
+    "model": "transformer tiny",
+    "git commit": "0123abc4567def" * 2 + "0123abc4567d",
+    "data sha256": "5eed" * 16,
+    "data rows": "train 10, dev 4, eval 4",
+}
 
 
 class Tables(HTMLParser):
@@ -127,7 +134,13 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Sto
         (run_dir / "mlflow_run.json").write_text(json.dumps({"run_id": run.info.run_id}))
         metrics = evaluate(tiny_model_dir, data.parent, run_dir)
         registry = Registry("restar", uri)
-        registry.register(info.model_uri, run.info.run_id, LINEAGE, metrics)
+        registry.register(
+            info.model_uri,
+            run.info.run_id,
+            lineage_tags(LINEAGE),
+            metrics,
+            description=lineage_description(LINEAGE),
+        )
         with mlflow.start_run() as bare:
             bare_info = log_pyfunc(tiny_model_dir)
         registry.register(bare_info.model_uri, bare.info.run_id, {}, metrics)
@@ -200,8 +213,10 @@ def test_report_is_self_contained_with_gates_plots_lineage_and_audit(in_store: S
 
     lineage = dict(r for r in found["Lineage"][1:])
     assert lineage["run id"] == in_store.run_id
-    assert lineage["git commit"] == LINEAGE["restar.git_commit"]
-    assert lineage["data sha256"] == LINEAGE["restar.data_sha256"]
+    assert lineage["git commit"] == "0123abc4567d"  # short in the tags,
+    assert lineage["data"] == "5eed5eed5eed (train 10 / dev 4 / eval 4)"
+    in_full = lineage["in full (the version's description)"]  # in full in the description
+    assert LINEAGE["git commit"] in in_full and LINEAGE["data sha256"] in in_full
 
     audit = found["Audit history"][1:]
     assert [(r[1], r[2], r[4]) for r in audit] == [
