@@ -166,7 +166,13 @@ def find_nginx(search_path: str | None = None) -> str:
     return found
 
 
-def launch_gateway(upstream_url: str, workdir: Path, port: int, ready_timeout: float = 30) -> LocalGateway:
+def launch_gateway(
+    upstream_url: str,
+    workdir: Path,
+    port: int,
+    ready_timeout: float = 30,
+    template: Path = GATEWAY_TEMPLATE,
+) -> LocalGateway:
     """Start the nginx gateway on 127.0.0.1:`port` in front of TorchServe's inference `upstream_url`;
     return once it answers (TorchServe need not be up). Config, pid, temp dirs and the log
     (`gateway.log`) stay in `workdir`."""
@@ -177,7 +183,9 @@ def launch_gateway(upstream_url: str, workdir: Path, port: int, ready_timeout: f
     while hop == port:
         (hop,) = free_ports(1)
     config.write_text(
-        render_gateway_config(urlsplit(upstream_url).netloc, f"127.0.0.1:{port}", f"127.0.0.1:{hop}")
+        render_gateway_config(
+            urlsplit(upstream_url).netloc, f"127.0.0.1:{port}", f"127.0.0.1:{hop}", template
+        )
     )
     command = [nginx, "-p", f"{workdir}/", "-c", str(config), "-e", "stderr", "-g", "daemon off;"]
     with open(workdir / "gateway.log", "w") as log:
@@ -194,9 +202,11 @@ def launch_gateway(upstream_url: str, workdir: Path, port: int, ready_timeout: f
 
 
 @contextmanager
-def gateway(upstream_url: str, workdir: Path, ready_timeout: float = 30) -> Iterator[LocalGateway]:
+def gateway(
+    upstream_url: str, workdir: Path, ready_timeout: float = 30, template: Path = GATEWAY_TEMPLATE
+) -> Iterator[LocalGateway]:
     """`launch_gateway` on a free loopback port; yield once it answers; stop it after."""
-    server = launch_gateway(upstream_url, workdir, free_ports(1)[0], ready_timeout)
+    server = launch_gateway(upstream_url, workdir, free_ports(1)[0], ready_timeout, template)
     try:
         yield server
     finally:

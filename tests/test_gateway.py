@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from restar.serve_local import (
+    GATEWAY_TEMPLATE,
     GatewayError,
     LocalGateway,
     LocalTorchServe,
@@ -225,10 +226,12 @@ def test_config_takes_only_host_port_addresses() -> None:
 
 
 class ScriptedUpstream(http.server.ThreadingHTTPServer):
-    """A stand-in for TorchServe that answers POSTs with the next (status, body) of a script, then 200."""
+    """A stand-in for TorchServe that answers POSTs with the next (status, body) of a script, then 200,
+    each after `delay` seconds."""
 
-    def __init__(self, script: list[tuple[int, bytes]]):
+    def __init__(self, script: list[tuple[int, bytes]], delay: float = 0.0):
         self.script = list(script)
+        self.delay = delay
         self.received: list[bytes] = []
         super().__init__(("127.0.0.1", 0), _ScriptedHandler)
 
@@ -239,6 +242,7 @@ class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.server.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(self.server.delay)
         status, body = self.server.script.pop(0) if self.server.script else (200, b'{"label": "positive"}')
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -252,13 +256,13 @@ class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
 
 @contextmanager
 def scripted(
-    script: list[tuple[int, bytes]], workdir: Path
+    script: list[tuple[int, bytes]], workdir: Path, delay: float = 0.0, template: Path = GATEWAY_TEMPLATE
 ) -> Iterator[tuple[ScriptedUpstream, LocalGateway]]:
-    upstream = ScriptedUpstream(script)
+    upstream = ScriptedUpstream(script, delay)
     thread = threading.Thread(target=upstream.serve_forever, daemon=True)
     thread.start()
     try:
-        with gateway(f"http://127.0.0.1:{upstream.server_port}", workdir) as running:
+        with gateway(f"http://127.0.0.1:{upstream.server_port}", workdir, template=template) as running:
             yield upstream, running
     finally:
         upstream.shutdown()
@@ -351,3 +355,127 @@ def test_a_worker_killed_under_load_costs_no_request(gw, served, token) -> None:
     assert {status for _, status in answers} == {200}, Counter(status for _, status in answers)
     # The test means something only if TorchServe did lose a batch.
     assert access_log.read_text().count('" 507 ') > lost_before
+
+
+def hurried_template(folder: Path) -> Path:
+    """The shipped template with a 1 s read timeout instead of 130 s: what a slow answer gets, in 1 s."""
+    shipped = GATEWAY_TEMPLATE.read_text()
+    assert "proxy_read_timeout 130s;" in shipped
+    path = folder / "nginx.conf"
+    path.write_text(shipped.replace("proxy_read_timeout 130s;", "proxy_read_timeout 1s;"))
+    return path
+
+
+def test_an_answer_slower_than_the_read_timeout_gets_a_json_504(tmp_path: Path) -> None:
+    with scripted([], tmp_path / "gw", delay=3.0, template=hurried_template(tmp_path)) as (_, slow):
+        response = call(slow.url, "POST", "/predictions/restar", {}, b'{"text": "take your time"}')
+        assert_json_error(response, 504, "TorchServe did not answer in time")
+
+
+# The README's gateway table, row by row: each row's request goes to a real gateway (in front of the real
+# TorchServe, or of a scripted stand-in where TorchServe must misbehave) and exactly the status codes the
+# row names come back. A row without a scenario, or a scenario without a row, fails.
+def readme_gateway_table() -> dict[str, str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("It passes two routes and answers the rest itself", 1)[1].split("\n\n", 2)[1]
+    cells = [line.strip("|").split(" | ", 1) for line in table.splitlines()[2:]]
+    return {request.strip(): answer.strip() for request, answer in cells}
+
+
+def documented_statuses(answer: str) -> set[int]:
+    return {int(code) for code in re.findall(r"\b[245]\d\d\b", answer)}
+
+
+def observe_predictions(gw, served, token, tmp_path: Path) -> set[int]:
+    good = call(gw.url, "POST", "/predictions/restar", token, b'{"text": "Works well."}')
+    bad = call(gw.url, "POST", "/predictions/restar", token, b'{"text": broken')
+    direct = call(served.inference_url, "POST", "/predictions/restar", token, b'{"text": broken')
+    assert (bad.status_code, bad.content) == (direct.status_code, direct.content)  # passed unchanged
+    return {good.status_code, bad.status_code}
+
+
+def observe_ping(gw, served, token, tmp_path: Path) -> set[int]:
+    return {call(gw.url, "GET", "/ping", token).status_code}
+
+
+def observe_tokens(gw, served, token, tmp_path: Path) -> set[int]:
+    seen = set()
+    for path, method in (("/predictions/restar", "POST"), ("/ping", "GET")):
+        for headers in ({}, {"Authorization": "Bearer wrong-key"}):
+            response = call(gw.url, method, path, headers, b'{"text": "hi"}' if method == "POST" else b"")
+            assert response.headers.get("WWW-Authenticate") == 'Bearer realm="restar"'
+            seen.add(response.status_code)
+    # "TorchServe itself answers such a request 400"
+    seen.add(call(served.inference_url, "POST", "/predictions/restar", {}, b'{"text": "hi"}').status_code)
+    return seen
+
+
+def observe_methods(path: str, allow: str) -> Callable[..., set[int]]:
+    def observe(gw, served, token, tmp_path: Path) -> set[int]:
+        methods = [m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD") if m != allow]
+        responses = [call(gw.url, method, path, token, b'{"text": "hi"}') for method in methods]
+        assert {response.headers.get("Allow") for response in responses} == {allow}
+        return {response.status_code for response in responses}
+
+    return observe
+
+
+def observe_other_paths(gw, served, token, tmp_path: Path) -> set[int]:
+    paths = ["/explanations/restar", "/v1/models/restar:predict", "/v2/models/restar/infer", "/models", "/"]
+    paths += ["/predictions/other", "/predictions/restar/1"]
+    return {call(gw.url, "POST", path, token, b'{"text": "hi"}').status_code for path in paths}
+
+
+def observe_body_limit(gw, served, token, tmp_path: Path) -> set[int]:
+    return {call(gw.url, "POST", "/predictions/restar", token, b"x" * (MAX_BODY + 1)).status_code}
+
+
+def observe_dead_worker(gw, served, token, tmp_path: Path) -> set[int]:
+    seen = set()
+    for script in ([WORKER_DIED], [WORKER_DIED, WORKER_DIED]):
+        with scripted(script, tmp_path / f"gw{len(script)}") as (upstream, stand_in):
+            seen.add(call(stand_in.url, "POST", "/predictions/restar", {}, b'{"text": "x"}').status_code)
+            assert len(upstream.received) == 2  # resent once, never twice
+    assert 200 in seen  # one 507: the resent request's answer
+    return seen - {200}
+
+
+def observe_silent_torchserve(gw, served, token, tmp_path: Path) -> set[int]:
+    (closed,) = free_ports(1)
+    with gateway(f"http://127.0.0.1:{closed}", tmp_path / "closed") as lonely:
+        unreachable = call(lonely.url, "POST", "/predictions/restar", {}, b'{"text": "hi"}').status_code
+    with scripted([], tmp_path / "slow", delay=3.0, template=hurried_template(tmp_path)) as (_, slow):
+        late = call(slow.url, "POST", "/predictions/restar", {}, b'{"text": "hi"}').status_code
+    return {unreachable, late}
+
+
+# Each row's request cell starts with its key.
+GATEWAY_ROWS: dict[str, Callable[..., set[int]]] = {
+    "`POST /predictions/restar`": observe_predictions,
+    "`GET /ping`": observe_ping,
+    "either route with a missing or wrong bearer token": observe_tokens,
+    "any other method on `/predictions/restar`": observe_methods("/predictions/restar", "POST"),
+    "any other method on `/ping`": observe_methods("/ping", "GET"),
+    "any other path": observe_other_paths,
+    "body over 1 MiB": observe_body_limit,
+    "TorchServe answers 507": observe_dead_worker,
+    "TorchServe not answering / answering after 130 s": observe_silent_torchserve,
+}
+# Rows whose answer is TorchServe's own, so they name no code: what TorchServe answers there.
+PASSED_THROUGH = {"`POST /predictions/restar`": {200, 400}, "`GET /ping`": {200}}
+
+
+def row_key(request_cell: str) -> str:
+    (key,) = [key for key in GATEWAY_ROWS if request_cell.startswith(key)]
+    return key
+
+
+def test_every_row_of_the_readme_gateway_table_has_a_scenario() -> None:
+    assert sorted(row_key(cell) for cell in readme_gateway_table()) == sorted(GATEWAY_ROWS)
+
+
+@pytest.mark.parametrize("key", GATEWAY_ROWS)
+def test_the_readme_gateway_table_row(gw, served, token, tmp_path: Path, key: str) -> None:
+    (answer,) = [answer for cell, answer in readme_gateway_table().items() if cell.startswith(key)]
+    expected = PASSED_THROUGH.get(key) or documented_statuses(answer)
+    assert GATEWAY_ROWS[key](gw, served, token, tmp_path) == expected, answer
