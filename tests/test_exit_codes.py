@@ -1,4 +1,4 @@
-"""Every row of the README's exit-code table, through the real commands on a real embedded registry, so
+"""Every row of the exit-code table (docs/cli.md), through the real commands on a real embedded registry, so
 the table and the commands cannot drift apart. Each code has scenarios; each scenario runs the installed
 `restar` / `restar-promote` in a subprocess and must exit with its row's code. Code 5 (the registry
 refused the login) needs MLflow's basic-auth server: tests/test_security.py runs it there."""
@@ -27,8 +27,8 @@ ELSEWHERE = {5: "tests/test_security.py::test_wrong_password_is_named_and_moves_
 
 
 def documented_codes() -> set[int]:
-    readme = (REPO_ROOT / "README.md").read_text()
-    table = readme.split("**Exit codes**", 1)[1].split("\n\n", 2)[1]
+    page = (REPO_ROOT / "docs" / "cli.md").read_text()
+    table = page.split("**Exit codes**", 1)[1].split("\n\n", 2)[1]
     return {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
 
 

@@ -372,12 +372,12 @@ def test_an_answer_slower_than_the_read_timeout_gets_a_json_504(tmp_path: Path) 
         assert_json_error(response, 504, "TorchServe did not answer in time")
 
 
-# The README's gateway table, row by row: each row's request goes to a real gateway (in front of the real
-# TorchServe, or of a scripted stand-in where TorchServe must misbehave) and exactly the status codes the
-# row names come back. A row without a scenario, or a scenario without a row, fails.
-def readme_gateway_table() -> dict[str, str]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("It passes two routes and answers the rest itself", 1)[1].split("\n\n", 2)[1]
+# The gateway table of docs/serving.md, row by row: each row's request goes to a real gateway (in front of
+# the real TorchServe, or of a scripted stand-in where TorchServe must misbehave) and exactly the status
+# codes the row names come back. A row without a scenario, or a scenario without a row, fails.
+def documented_gateway_table() -> dict[str, str]:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    table = page.split("It passes two routes and answers the rest itself", 1)[1].split("\n\n", 2)[1]
     cells = [line.strip("|").split(" | ", 1) for line in table.splitlines()[2:]]
     return {request.strip(): answer.strip() for request, answer in cells}
 
@@ -470,12 +470,12 @@ def row_key(request_cell: str) -> str:
     return key
 
 
-def test_every_row_of_the_readme_gateway_table_has_a_scenario() -> None:
-    assert sorted(row_key(cell) for cell in readme_gateway_table()) == sorted(GATEWAY_ROWS)
+def test_every_row_of_the_documented_gateway_table_has_a_scenario() -> None:
+    assert sorted(row_key(cell) for cell in documented_gateway_table()) == sorted(GATEWAY_ROWS)
 
 
 @pytest.mark.parametrize("key", GATEWAY_ROWS)
-def test_the_readme_gateway_table_row(gw, served, token, tmp_path: Path, key: str) -> None:
-    (answer,) = [answer for cell, answer in readme_gateway_table().items() if cell.startswith(key)]
+def test_the_documented_gateway_table_row(gw, served, token, tmp_path: Path, key: str) -> None:
+    (answer,) = [answer for cell, answer in documented_gateway_table().items() if cell.startswith(key)]
     expected = PASSED_THROUGH.get(key) or documented_statuses(answer)
     assert GATEWAY_ROWS[key](gw, served, token, tmp_path) == expected, answer

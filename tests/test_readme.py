@@ -1,7 +1,9 @@
-"""The README's Quickstart and Serving sections, run as written on a fresh clone.
+"""The README's Quickstart and the serving and container docs pages, run as written on a fresh clone.
 
-Every fenced `bash` block of those sections runs in order in one clone of the committed tree, each
-block as one `bash -euo pipefail` script, so a command that no longer works as documented fails here.
+Every fenced `bash` block of those sections (README.md's Quickstart; whole pages under docs/ for what
+were the README's "Serving production" and "Containers" sections) runs in order in one clone of the
+committed tree, each block as one `bash -euo pipefail` script, so a command that no longer works as
+documented fails here.
 A block preceded by `<!-- docs-test: skip (why) -->` is not run (a server that runs until Ctrl-C),
 one preceded by `<!-- docs-test: docker (why) -->` runs only where a Docker engine answers (always in
 CI), and the Quickstart's `bash scripts/test.sh` line is left out: it is the command running this test.
@@ -23,7 +25,15 @@ import pytest
 from tests import docker_kit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("Quickstart", "Serving production", "Containers")
+# (file, `## ` section or None for the whole page), in the order the blocks run.
+SECTIONS = (
+    ("README.md", "Quickstart"),
+    ("docs/serving.md", None),
+    ("docs/follow.md", None),
+    ("docs/scale-out.md", None),
+    ("docs/replicas.md", None),
+    ("docs/containers.md", None),
+)
 SKIP_MARKER = re.compile(r"<!--\s*docs-test:\s*skip\b")
 DOCKER_MARKER = re.compile(r"<!--\s*docs-test:\s*docker\b")
 SELF_COMMAND = "bash scripts/test.sh"
@@ -94,7 +104,6 @@ def test_readme_quickstart_and_serving_blocks_run_on_a_fresh_clone(tmp_path: Pat
     for tool in ("git", "java", "curl"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    readme = (REPO_ROOT / "README.md").read_text()
     clone = fresh_clone(tmp_path / "clone")
     # As a user's shell after `source .venv/bin/activate` (the README asks for it once per shell).
     env = {
@@ -114,8 +123,11 @@ def test_readme_quickstart_and_serving_blocks_run_on_a_fresh_clone(tmp_path: Pat
     docker_reason = docker_kit.unavailable_reason()
     if docker_reason and os.environ.get("CI"):
         pytest.fail(docker_reason)
-    for title in SECTIONS:
-        blocks = bash_blocks(section(readme, title), docker_runs=docker_reason is None)
+    for path, heading in SECTIONS:
+        markdown = (REPO_ROOT / path).read_text()
+        title = f"{path} '{heading}'" if heading else path
+        text = section(markdown, heading) if heading else markdown
+        blocks = bash_blocks(text, docker_runs=docker_reason is None)
         for number, (script, skipped) in enumerate(blocks, start=1):
             if skipped:
                 continue
@@ -128,12 +140,12 @@ def test_readme_quickstart_and_serving_blocks_run_on_a_fresh_clone(tmp_path: Pat
                 timeout=1200,
             )
             assert result.returncode == 0, (
-                f"README '{title}' block {number} failed ({result.returncode}):\n{script}\n"
+                f"{title} block {number} failed ({result.returncode}):\n{script}\n"
                 f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
                 f"{server_logs(Path(env['HOME']))}"
             )
             ran.append(f"{title} #{number}")
-    assert ran, "no README block ran"
+    assert ran, "no documented block ran"
     # DVC rewrites dvc.lock and the metrics files by design; nothing new may appear unignored.
     untracked = subprocess.run(
         ["git", "ls-files", "--others", "--exclude-standard"],
@@ -142,4 +154,4 @@ def test_readme_quickstart_and_serving_blocks_run_on_a_fresh_clone(tmp_path: Pat
         text=True,
         check=True,
     ).stdout
-    assert untracked == "", f"the README's commands left files git does not know about:\n{untracked}"
+    assert untracked == "", f"the documented commands left files git does not know about:\n{untracked}"
