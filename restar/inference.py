@@ -88,8 +88,8 @@ def decide(probs: np.ndarray, threshold: float, labels: Sequence[str] = LABELS) 
 
 
 # What a forward pass costs beyond its padded tokens, in token slots (one position of one text through
-# the encoder): about 4 ms against 0.06 ms a slot, MiniLM-L6 on 2 CPU cores (README "Load, poison and
-# faults"). It decides when a shorter text is better off starting a batch of its own.
+# the encoder): about 4 ms against 0.06 ms a slot, MiniLM-L6 on 2 CPU cores (docs/results.md, "Load,
+# poison and faults"). It decides when a shorter text is better off starting a batch of its own.
 FORWARD_OVERHEAD_TOKENS = 64
 
 

@@ -75,7 +75,7 @@ def export_fp32(model_dir: Path, path: Path) -> None:
 
     The fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) only recognise the
     eager-attention graph of the TorchScript exporter, not the dynamo exporter's; fused, the int8 model runs
-    about a quarter faster at batch 1 (README, Results).
+    about a quarter faster at batch 1 (docs/results.md).
     """
     from transformers import AutoTokenizer
 

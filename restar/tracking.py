@@ -13,7 +13,7 @@ from registry.store import tracking_uri
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 # What the experiment holds, for MLflow's UI: training runs, not GenAI traces. MLflow 3.2-3.1x picks the
 # experiment page's tabs from this tag; later 3.x UIs (3.17) from the sidebar's workflow switch or
-# the page URL's `?workflowType=machine_learning` (see README, "Comparing models").
+# the page URL's `?workflowType=machine_learning` (see docs/registry.md, "Comparing models").
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 

@@ -93,7 +93,7 @@ def mlflow_body(text: str) -> bytes:
 
 
 def hostile_bodies() -> dict[str, bytes]:
-    """Bodies the endpoint must refuse with a 4xx (the README's request contract), never a 5xx."""
+    """Bodies the endpoint must refuse with a 4xx (the request contract in docs/serving.md), never a 5xx."""
     return {
         "lone_surrogate": b'{"text": "\\ud800"}',
         "deep_array": b"[" * 100_000,

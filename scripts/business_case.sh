@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The business case, measured for one model (README "Business case"): `restar rank-eval` and the
+# The business case, measured for one model (docs/business.md): `restar rank-eval` and the
 # inconsistency summary on the frozen split's held-out products (dev + eval: never trained on) and on
 # the 2018 Magazine_Subscriptions 5-core file (no product of it was trained on). Writes JSON and PNG
 # only (aggregates, no review text) to OUT_DIR; the contradiction lists, which hold review texts, stay

@@ -1,4 +1,4 @@
-"""Screenshots of the MLflow UI pages the README's "Comparing models" walks through.
+"""Screenshots of the MLflow UI pages docs/registry.md's "Comparing models" walks through.
 
 Starts a real `mlflow server` on 127.0.0.1 (over a given backend store, or a fresh one in a temp
 folder seeded with real run folders registered the way the `register` stage does), opens the pages
@@ -49,7 +49,7 @@ class Page:
 
 
 def pages(experiment_id: str, model_name: str, run_ids: list[str], version: int) -> list[Page]:
-    """The pages the README names, in the order a user meets them."""
+    """The pages docs/registry.md names, in the order a user meets them."""
     runs = quote(json.dumps(run_ids, separators=(",", ":")))
     experiments = quote(json.dumps([experiment_id], separators=(",", ":")))
     return [
