@@ -224,6 +224,9 @@ def predict_frame(frame: pd.DataFrame, predict_fn: PredictFn, batch_size: int = 
     predictions = pd.concat(chunks, ignore_index=True) if chunks else NO_PREDICTIONS
     if len(predictions) != len(frame):
         raise PredictorError(f"model returned {len(predictions)} rows for {len(frame)} inputs")
+    missing = [column for column in OUTPUT_COLUMNS if column not in predictions.columns]
+    if missing:
+        raise PredictorError(f"model output lacks the column(s) {', '.join(missing)}")
     passthrough = frame[passthrough_columns(list(frame.columns))].reset_index(drop=True)
     return pd.concat([passthrough, predictions[list(OUTPUT_COLUMNS)]], axis=1)
 

@@ -260,7 +260,7 @@ def test_a_header_without_rows_is_answered_with_a_header_without_rows(
         pq.write_table(pa.table({"text": pa.array([], pa.string()), "stars": pa.array([], pa.int64())}), path)
     output = tmp_path / "out.csv"
     assert predict_file(path, output, str(tiny_model_dir), progress=False) == 0
-    assert output.read_text().splitlines() == ["text,stars,label,confidence,p_neg,p_neu,p_pos"]
+    assert output.read_text().splitlines() == ["text,stars,label,confidence,p_neg,p_neu,p_pos,truncated"]
 
 
 # The MLflow pyfunc, loaded as consumers load it.

@@ -14,7 +14,7 @@ from registry.errors import VersionNotFound
 from registry.service import RegistryUnavailable
 from restar.inference import InferenceCore
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
-from restar.predictor import PredictorError, predict_file
+from restar.predictor import PredictorError, predict_file, predict_frame
 from restar.pyfunc import log_pyfunc
 from tests.faults_kit import MlflowServer
 
@@ -71,7 +71,17 @@ def test_every_row_answered_in_order(tiny_model_dir: Path, tmp_path: Path, sourc
     answered = out.drop(index=[1, 2, 6])
     assert answered["label"].isin(["negative", "neutral", "positive", ABSTAIN]).all()
     assert not answered[["p_neg", "p_neu", "p_pos"]].isna().any().any()
+    assert out["truncated"].tolist() == [text == "word " * 10_000 for text in HARD_TEXTS]
     assert not list(tmp_path.glob(".out*"))  # no temporary file left behind
+
+
+def test_a_model_whose_output_lacks_a_column_is_named() -> None:
+    def old_model(texts: list[str], titles: list[str] | None) -> pd.DataFrame:
+        columns = {"label": ["neutral"] * len(texts), "confidence": 1.0, "p_neg": 0.0, "p_neu": 1.0}
+        return pd.DataFrame(columns)
+
+    with pytest.raises(PredictorError, match=r"model output lacks the column\(s\) p_pos, truncated"):
+        predict_frame(pd.DataFrame({"text": ["a", "b"]}), old_model)
 
 
 def test_csv_probabilities_have_six_decimals_and_parquet_every_digit(

@@ -32,6 +32,7 @@ from promotion.promote import Promoter, PromotionConflict
 from registry.audit import AuditLog
 from registry.service import Registry
 from restar.cli import cli as restar_cli
+from restar.labels import OUTPUT_COLUMNS
 from tests import postgres_kit
 from tests.faults_kit import MlflowServer
 
@@ -179,7 +180,7 @@ def test_production_loads_in_a_fresh_process(server: str, in_project: Path) -> N
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     rows = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [set(row) for row in rows] == [{"label", "confidence", "p_neg", "p_neu", "p_pos"}] * 2
+    assert [set(row) for row in rows] == [set(OUTPUT_COLUMNS)] * 2
 
 
 def test_errors_have_their_own_exit_codes(server: str, in_project: Path, monkeypatch) -> None:

@@ -35,7 +35,7 @@ class Boom(mlflow.pyfunc.PythonModel):
         n = len(model_input)
         return pd.DataFrame(
             {"label": ["neutral"] * n, "confidence": [1.0] * n, "p_neg": [0.0] * n,
-             "p_neu": [1.0] * n, "p_pos": [0.0] * n}
+             "p_neu": [1.0] * n, "p_pos": [0.0] * n, "truncated": [False] * n}
         )
 
 
@@ -274,4 +274,5 @@ def test_a_header_without_rows_gives_the_columns_and_no_rows(
 
     assert rows == 0 and (tmp_path / "spark.jsonl").read_bytes() == b""
     assert (tmp_path / "spark.csv").read_text() == (tmp_path / "local.csv").read_text()
-    assert (tmp_path / "spark.csv").read_text() == "id,title,text,rating,label,confidence,p_neg,p_neu,p_pos\n"
+    header = "id,title,text,rating,label,confidence,p_neg,p_neu,p_pos,truncated\n"
+    assert (tmp_path / "spark.csv").read_text() == header
