@@ -50,7 +50,8 @@ def keyword_predict(texts: Sequence[str], titles: Sequence[str] | None = None) -
     for text in texts:
         found = [probs for word, probs in KEYWORD_PROBS.items() if word in text]
         probs.append(found[0] if found else (math.nan,) * 3 if not text.strip() else UNSURE)
-    return decide(np.array(probs, dtype="float64").reshape(-1, 3), DEFAULT_ABSTAIN_THRESHOLD)
+    decided = decide(np.array(probs, dtype="float64").reshape(-1, 3), DEFAULT_ABSTAIN_THRESHOLD)
+    return decided.assign(truncated=False)  # every prediction says whether its text was cut
 
 
 def product(
