@@ -8,7 +8,6 @@ inside the commands, so `restar --help` stays fast.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,46 +15,22 @@ from typing import TYPE_CHECKING
 
 import click
 
-from registry.cli import json_option, table
+from registry.cli import table
+from restar.cli.errors import user_errors
+from restar.cli.options import FILE, FOLDER, json_option, model_uri_option, out_file_option
 
 if TYPE_CHECKING:
     from restar.rank_eval import RankEvalResult
 
-DEFAULT_MODEL_URI = "models:/restar@production"
-INPUT_TYPE = click.Path(dir_okay=False, path_type=Path)
-
-
-def user_errors(command: Callable) -> Callable:
-    """restar.cli's error mapping (one line, exit 1/3/6), looked up when the command runs: restar.cli
-    imports this module to register the commands, so importing it back at load time would be circular."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from restar.cli import user_errors as cli_user_errors
-
-        return cli_user_errors(command)(*args, **kwargs)
-
-    return wrapper
-
 
 def input_option(command: Callable) -> Callable:
+    """`--input`: the reviews file both business commands read."""
     return click.option(
         "--input",
         "input_path",
-        type=INPUT_TYPE,
+        type=FILE,
         required=True,
         help="Reviews: .jsonl, .jsonl.gz, .csv or .parquet (upstream Amazon Reviews schema).",
-    )(command)
-
-
-def model_uri_option(command: Callable) -> Callable:
-    return click.option(
-        "--model-uri",
-        default=DEFAULT_MODEL_URI,
-        show_default=True,
-        envvar="RESTAR_MODEL_URI",
-        show_envvar=True,
-        help="MLflow model URI (runs:/, models:/name@alias, models:/name/N) or a model folder.",
     )(command)
 
 
@@ -65,7 +40,7 @@ def model_uri_option(command: Callable) -> Callable:
 @click.option(
     "--frozen",
     "frozen_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     default="data/frozen",
     show_default=True,
     help="Frozen split folder: only its dev+eval products are scored, never the training ones.",
@@ -120,13 +95,9 @@ def model_uri_option(command: Callable) -> Callable:
     show_default=True,
     help="Fewest ranked products (in categories of 2 or more) for a verdict other than 'too few'.",
 )
-@click.option(
-    "--out",
-    "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="outputs/rank_eval/rank_eval.json",
-    show_default=True,
-    help="Result JSON (aggregates only); the PNG plot is written beside it. Both written atomically.",
+@out_file_option(
+    "Result JSON (aggregates only); the PNG plot is written beside it. Both written atomically.",
+    "outputs/rank_eval/rank_eval.json",
 )
 @json_option
 @user_errors
@@ -223,13 +194,10 @@ def _span(low: float, high: float) -> str:
 
 @click.command("inconsistencies")
 @input_option
-@click.option(
-    "--out",
-    "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Contradicting reviews, most confident first: .csv or .parquet, written atomically. It holds "
+@out_file_option(
+    "Contradicting reviews, most confident first: .csv or .parquet, written atomically. It holds "
     "review texts: keep it out of the repository.",
+    required=True,
 )
 @model_uri_option
 @click.option(
@@ -269,3 +237,6 @@ def inconsistencies_command(
     else:
         click.echo(summary.to_string(index=False))
     click.echo(f"wrote {written} contradictions to {out_path}", err=as_json)
+
+
+COMMANDS = (rank_eval_command, inconsistencies_command)
