@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
 
 from restar.calibration import softmax
@@ -116,21 +116,36 @@ def padded_batches(
     return batches[::-1]
 
 
-def encoded_batches(
-    tokenizer, texts: Sequence[str], batch_size: int, max_length: int, tensors: str
-) -> Iterator[tuple[list[int], dict]]:
-    """(indices, tokenized batch) pairs over `texts`, longest first, each padded to its longest text,
-    at most `batch_size` texts each (`padded_batches`); `tensors` is "pt" or "np"."""
+def tokenized(tokenizer, texts: Sequence[str], max_length: int) -> tuple[BatchEncoding, np.ndarray]:
+    """`texts` tokenized and cut to `max_length` tokens, with which of them were cut (a fast tokenizer
+    keeps what it cut off as each encoding's `overflowing`)."""
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return encoded, np.array([bool(each.overflowing) for each in encoded.encodings], dtype=bool)
+
+
+def padded_encodings(
+    tokenizer, encoded: BatchEncoding, batch_size: int, tensors: str
+) -> Iterator[tuple[list[int], dict]]:
+    """(indices, padded batch) pairs over tokenized texts, longest first, each padded to its longest text,
+    at most `batch_size` texts each (`padded_batches`); `tensors` is "pt" or "np"."""
     for batch in padded_batches([len(ids) for ids in encoded["input_ids"]], batch_size):
         rows = {name: [values[i] for i in batch] for name, values in encoded.items()}
         yield batch, tokenizer.pad(rows, return_tensors=tensors)
 
 
-def token_counts(tokenizer, texts: Sequence[str]) -> np.ndarray:
-    """Each text's length in tokens, special tokens included, before any truncation."""
-    encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)
-    return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+def encoded_batches(
+    tokenizer, texts: Sequence[str], batch_size: int, max_length: int, tensors: str
+) -> Iterator[tuple[list[int], dict]]:
+    """`padded_encodings` of `texts` cut to `max_length` tokens."""
+    encoded, _ = tokenized(tokenizer, texts, max_length)
+    return padded_encodings(tokenizer, encoded, batch_size, tensors)
+
+
+class Scores(NamedTuple):
+    """What a scorer says of texts: raw class scores, and which texts it read only the start of."""
+
+    logits: np.ndarray  # (texts, classes)
+    truncated: np.ndarray  # (texts,) bool: longer than the model's max_length tokens
 
 
 @dataclass(frozen=True)
@@ -218,10 +233,7 @@ class Scorer(Protocol):
     @classmethod
     def load(cls, model_dir: Path, metadata: ModelMetadata, batch_size: int) -> Scorer: ...
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    # Optional, for kinds that read at most `max_length` tokens: `token_counts(texts) -> np.ndarray`,
-    # each text's length in tokens (InferenceCore flags the texts it cut).
+    def score(self, texts: Sequence[str]) -> Scores: ...
 
 
 class TransformerScorer:
@@ -247,17 +259,14 @@ class TransformerScorer:
             )
         return cls(model, AutoTokenizer.from_pretrained(model_dir), metadata.max_length, batch_size)
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
+    def score(self, texts: Sequence[str]) -> Scores:
+        encoded, truncated = tokenized(self.tokenizer, texts, self.max_length)
         out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
         with torch.inference_mode():
-            batches = encoded_batches(self.tokenizer, texts, self.batch_size, self.max_length, "pt")
-            for batch, encoded in batches:
-                encoded = encoded.to(self.model.device)  # a model fine-tuned on a GPU may still sit there
-                out[batch] = self.model(**encoded).logits.float().cpu().numpy()
-        return out
-
-    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
-        return token_counts(self.tokenizer, texts)
+            for batch, padded in padded_encodings(self.tokenizer, encoded, self.batch_size, "pt"):
+                padded = padded.to(self.model.device)  # a model fine-tuned on a GPU may still sit there
+                out[batch] = self.model(**padded).logits.float().cpu().numpy()
+        return Scores(out, truncated)
 
 
 def model_kinds() -> dict[str, type[Scorer]]:
@@ -301,7 +310,7 @@ class InferenceCore:
         return cls(kind.load(model_dir, metadata, batch_size), metadata)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        return self.scorer.logits(texts)
+        return self.scorer.score(texts).logits
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities for this model's logits: softmax(logits / T + class biases)."""
@@ -309,13 +318,6 @@ class InferenceCore:
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         return self.calibrate(self.logits(texts))
-
-    def truncated(self, texts: Sequence[str]) -> np.ndarray:
-        """Which texts are longer than the model reads: only their first `max_length` tokens are scored."""
-        counter = getattr(self.scorer, "token_counts", None)
-        if counter is None:
-            return np.zeros(len(texts), dtype=bool)
-        return counter(texts) > self.metadata.max_length
 
     def predict(self, texts: Sequence[object], titles: Sequence[object] | None = None) -> pd.DataFrame:
         """One output row per review text, in order, prepared as the training data was (restar.text):
@@ -327,9 +329,9 @@ class InferenceCore:
         truncated = np.zeros(len(prepared), dtype=bool)
         present = np.flatnonzero(~blank)
         if len(present):
-            texts = [prepared[i] for i in present]
-            probs[present] = self.probabilities(texts)
-            truncated[present] = self.truncated(texts)
+            scores = self.scorer.score([prepared[i] for i in present])
+            probs[present] = self.calibrate(scores.logits)
+            truncated[present] = scores.truncated
         decided = decide(probs, self.metadata.abstain_threshold, self.metadata.labels)
         return decided.assign(truncated=truncated)
 

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from restar.inference import METADATA_FILE, ModelMetadata, encoded_batches, load_fine_tuned, token_counts
+from restar.inference import (
+    METADATA_FILE,
+    ModelMetadata,
+    Scores,
+    load_fine_tuned,
+    padded_encodings,
+    tokenized,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -193,14 +200,12 @@ class OnnxScorer:
             batch_size = 1
         return cls(session, AutoTokenizer.from_pretrained(model_dir), metadata.max_length, batch_size)
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
+    def score(self, texts: Sequence[str]) -> Scores:
+        encoded, truncated = tokenized(self.tokenizer, texts, self.max_length)
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
-        for batch, encoded in encoded_batches(self.tokenizer, texts, self.batch_size, self.max_length, "np"):
-            out[batch] = self.session.run(["logits"], self.feed(encoded))[0]
-        return out
-
-    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
-        return token_counts(self.tokenizer, texts)
+        for batch, padded in padded_encodings(self.tokenizer, encoded, self.batch_size, "np"):
+            out[batch] = self.session.run(["logits"], self.feed(padded))[0]
+        return Scores(out, truncated)
 
     def feed(self, encoded) -> dict[str, np.ndarray]:
         """The graph's inputs from a tokenizer's output: the export took the inputs that tokenizer makes."""

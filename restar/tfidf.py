@@ -22,7 +22,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from restar.config import BaselineConfig, RunConfig, flatten
-from restar.inference import ModelMetadata
+from restar.inference import ModelMetadata, Scores
 from restar.labels import LABELS
 from restar.metrics import calibrate_on_dev
 from restar.prepare import drop_rating_titles
@@ -57,9 +57,11 @@ class TfidfScorer:
             raise ValueError(f"{model_dir}: {weights['coef'].shape[0]} classes but labels {metadata.labels}")
         return cls(vectorizer, weights["coef"], weights["intercept"])
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
+    def score(self, texts: Sequence[str]) -> Scores:
+        """Bag-of-words reads every token: no text is truncated."""
         features = self.vectorizer.transform(list(texts))
-        return np.asarray(features @ self.coef.T + self.intercept, dtype=np.float64)
+        logits = np.asarray(features @ self.coef.T + self.intercept, dtype=np.float64)
+        return Scores(logits, np.zeros(len(logits), dtype=bool))
 
     def save(self, model_dir: Path) -> None:
         settings = {key: self.vectorizer.get_params()[key] for key in VECTORIZER_SETTINGS}
@@ -97,7 +99,7 @@ def train_baseline(config: RunConfig, config_path: Path, data_dir: Path, out_dir
     scorer = fit(train_frame, config.baseline)
     threshold = config.train.abstain_threshold
     temperature, bias, dev_metrics = calibrate_on_dev(
-        scorer.logits(dev_frame["text"]),
+        scorer.score(dev_frame["text"]).logits,
         dev_frame["label"].to_numpy(),
         threshold,
         with_bias=config.train.calibration == "temperature+bias",

@@ -42,7 +42,7 @@ def baseline_accuracy(
     names = grouped_split(cleaned, freeze.split.model_copy(update={"seed": seed}))
     train, evaluation = cleaned[names == "train"], cleaned[names == "eval"]
     scorer = tfidf.fit(train, baseline)
-    correct = scorer.logits(evaluation["text"]).argmax(axis=1) == evaluation["label"].to_numpy()
+    correct = scorer.score(evaluation["text"]).logits.argmax(axis=1) == evaluation["label"].to_numpy()
     return {
         "seed": seed,
         "eval_rows": len(evaluation),

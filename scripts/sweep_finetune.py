@@ -76,7 +76,7 @@ def run_variant(name: str, settings: dict, pretrained: str, data: str, threads: 
     train_seconds = time.perf_counter() - started
     # Trainer.predict would return rows in its length-grouped order; the inference core keeps input order.
     scorer = TransformerScorer(result.model, tokenizer, config.max_length, config.eval_batch_size)
-    logits = {split: scorer.logits(frames[split]["text"].tolist()) for split in ("dev", "eval")}
+    logits = {split: scorer.score(frames[split]["text"].tolist()).logits for split in ("dev", "eval")}
     history = [
         {
             "epoch": round(entry["epoch"], 3),

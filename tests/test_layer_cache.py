@@ -54,7 +54,7 @@ def encoder_dir(request, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_top_layers_on_cached_states_match_the_whole_model(encoder_dir: Path, tmp_path: Path) -> None:
     tokenizer, model = load_encoder(encoder_dir)
     model.eval()
-    whole = torch.tensor(TransformerScorer(model, tokenizer, max_length=64, batch_size=2).logits(TEXTS))
+    whole = torch.tensor(TransformerScorer(model, tokenizer, max_length=64, batch_size=2).score(TEXTS).logits)
     states = cache_lower_layers(model, tokenizer, encoder_dir, TEXTS, 2, 64, tmp_path)
     with top_layers_only(model, 2):
         top = top_logits(model, states, batch_size=2)

@@ -100,7 +100,9 @@ def test_encoders_without_token_type_ids_convert(tmp_path: Path) -> None:
         convert(folder, backend)
         scorer = InferenceCore.from_dir(folder).scorer
         assert scorer.input_names == ["input_ids", "attention_mask"]
-        np.testing.assert_allclose(scorer.logits(texts), reference, atol=1e-4 if backend == "onnx" else 0.5)
+        np.testing.assert_allclose(
+            scorer.score(texts).logits, reference, atol=1e-4 if backend == "onnx" else 0.5
+        )
 
 
 def test_archives_carry_only_the_backends_weights(tiny_model_dir: Path, backends: dict[str, Path]) -> None:

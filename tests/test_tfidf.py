@@ -48,7 +48,7 @@ def test_save_and_load_give_the_same_logits(frame: pd.DataFrame, model_dir: Path
     fitted = fit(frame, BaselineConfig(min_df=1))
     loaded = InferenceCore.from_dir(model_dir)
     assert isinstance(loaded.scorer, TfidfScorer)
-    np.testing.assert_allclose(loaded.logits(TEXTS[:3]), fitted.logits(TEXTS[:3]), atol=1e-9)
+    np.testing.assert_allclose(loaded.logits(TEXTS[:3]), fitted.score(TEXTS[:3]).logits, atol=1e-9)
     assert not [p for p in model_dir.iterdir() if p.suffix in (".pkl", ".pickle", ".joblib")]
 
 
