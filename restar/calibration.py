@@ -51,6 +51,21 @@ def fit_calibration(
     return float(log_t.exp().item()), tuple(round(float(b), 6) for b in centred)
 
 
+def out_of_fold_ece(
+    logits: np.ndarray, labels: np.ndarray, with_bias: bool, folds: int = 5, seed: int = 0
+) -> float:
+    """ECE of the calibration on data it was not fit on: each of `folds` random parts of (logits, labels)
+    is calibrated by a fit on the other parts (cross-fitting)."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    calibrated = np.empty(logits.shape, dtype=np.float64)
+    for part in np.array_split(order, folds):
+        rest = np.setdiff1d(order, part)
+        temperature, bias = fit_calibration(logits[rest], labels[rest], with_bias)
+        calibrated[part] = softmax(logits[part], temperature, bias)
+    return expected_calibration_error(calibrated, labels)
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
     confidence = probs.max(axis=1)

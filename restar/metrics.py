@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from restar.calibration import expected_calibration_error, fit_calibration, softmax
+from restar.calibration import expected_calibration_error, fit_calibration, out_of_fold_ece, softmax
 from restar.labels import LABELS
+
+MIN_CROSS_FIT_ROWS = 50  # fewer dev rows: the fit is kept without the out-of-fold check
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
@@ -32,11 +34,22 @@ def with_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
 def calibrate_on_dev(
     logits: np.ndarray, labels: np.ndarray, threshold: float, with_bias: bool = False
 ) -> tuple[float, tuple[float, ...], dict[str, float]]:
-    """Fit the temperature (and class biases) on dev logits; return them with the dev metrics."""
-    temperature, bias = fit_calibration(logits, labels, with_bias)
+    """Fit the temperature (and class biases) on dev logits; return them with the dev metrics.
+
+    The fit is kept only when it lowers dev ECE out of fold (`out_of_fold_ece`): an already calibrated
+    model's fit follows noise, which raises ECE on new data. Otherwise T = 1 and no biases.
+    """
+    uncalibrated_ece = expected_calibration_error(softmax(logits), labels)
+    checked = len(labels) >= MIN_CROSS_FIT_ROWS
+    fitted_ece = out_of_fold_ece(logits, labels, with_bias) if checked else None
+    kept = fitted_ece is None or fitted_ece < uncalibrated_ece
+    temperature, bias = fit_calibration(logits, labels, with_bias) if kept else (1.0, ())
     calibrated = softmax(logits, temperature, bias)
     metrics = with_prefix(classification_metrics(calibrated, labels, threshold), "dev")
-    metrics["dev_ece_uncalibrated"] = round(expected_calibration_error(softmax(logits), labels), 6)
+    metrics["dev_ece_uncalibrated"] = round(uncalibrated_ece, 6)
+    if fitted_ece is not None:
+        metrics["dev_ece_out_of_fold"] = round(fitted_ece, 6)
+    metrics["calibration_kept"] = int(kept)
     metrics["temperature"] = round(temperature, 6)
     if bias:
         metrics.update({f"class_bias_{name}": value for name, value in zip(LABELS, bias, strict=True)})

@@ -83,9 +83,9 @@ def test_texts_longer_than_the_model_reads_are_flagged_truncated(tiny_model_dir:
 def test_a_text_of_exactly_max_length_tokens_is_not_truncated(tiny_model_dir: Path) -> None:
     core = InferenceCore.from_dir(tiny_model_dir)
     limit = core.metadata.max_length
-    counts = {n: int(core.scorer.token_counts(["word " * n])[0]) for n in range(limit - 4, limit + 2)}
+    counts = {n: len(core.scorer.tokenizer("word " * n)["input_ids"]) for n in range(limit - 4, limit + 2)}
     exact = next(n for n, count in counts.items() if count == limit)
-    assert core.truncated(["word " * exact, "word " * (exact + 1)]).tolist() == [False, True]
+    assert core.scorer.score(["word " * exact, "word " * (exact + 1)]).truncated.tolist() == [False, True]
 
 
 def test_temperature_applies_to_logits(tiny_model_dir: Path) -> None:
@@ -124,13 +124,27 @@ def test_fit_calibration_recovers_a_prior_shift() -> None:
 
 def test_calibrate_on_dev_reports_biases_only_when_fitted() -> None:
     rng = np.random.default_rng(2)
+    true_logits = rng.normal(0, 2, size=(500, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+    overconfident = true_logits * 2.5 + np.array([0.8, -0.4, -0.4])
+    _, bias, metrics = calibrate_on_dev(overconfident, labels, threshold=0.65)
+    assert bias == () and metrics["calibration_kept"] == 1 and metrics["temperature"] > 2
+    assert not any(k.startswith("class_bias") for k in metrics)
+    _, bias, metrics = calibrate_on_dev(overconfident, labels, threshold=0.65, with_bias=True)
+    assert len(bias) == 3 and metrics["calibration_kept"] == 1
+    assert [metrics[f"class_bias_{name}"] for name in LABELS] == list(bias)
+    assert metrics["dev_ece_out_of_fold"] < metrics["dev_ece_uncalibrated"]
+
+
+def test_an_already_calibrated_model_keeps_its_logits() -> None:
+    """A fit on calibrated logits follows dev's noise; it is dropped when it does not lower dev ECE out of
+    fold, so the served probabilities are the model's own (T = 1, no biases)."""
+    rng = np.random.default_rng(3)
     logits = rng.normal(0, 2, size=(500, 3))
     labels = np.array([rng.choice(3, p=p) for p in softmax(logits)])
-    _, bias, metrics = calibrate_on_dev(logits, labels, threshold=0.65)
-    assert bias == () and "temperature" in metrics and not any(k.startswith("class_bias") for k in metrics)
-    _, bias, metrics = calibrate_on_dev(logits, labels, threshold=0.65, with_bias=True)
-    assert len(bias) == 3
-    assert [metrics[f"class_bias_{name}"] for name in LABELS] == list(bias)
+    temperature, bias, metrics = calibrate_on_dev(logits, labels, threshold=0.65, with_bias=True)
+    assert (temperature, bias, metrics["calibration_kept"]) == (1.0, (), 0)
+    assert metrics["dev_ece_out_of_fold"] >= metrics["dev_ece_uncalibrated"] == metrics["dev_ece"]
 
 
 def test_class_bias_applies_after_the_temperature(tiny_model_dir: Path, tmp_path: Path) -> None:
