@@ -1,4 +1,5 @@
-"""scripts/bench_load.py: its pure parts, and its wrk Lua script against a stub HTTP server."""
+"""scripts/bench_load.py (scripts/bench/load/): its pure parts, and its wrk Lua script against a stub HTTP
+server."""
 
 from __future__ import annotations
 
@@ -19,28 +20,34 @@ from restar.json_requests import parse_body
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import bench_load  # noqa: E402
+from bench.load.archive import stale_settings  # noqa: E402
+from bench.load.bodies import decode_bodies, encode_bodies, hostile_bodies, mlflow_body, torchserve_body  # noqa: E402
+from bench.load.kill import recovery_summary  # noqa: E402
+from bench.load.soak import soak_growth  # noqa: E402
+from bench.load.torchserve_view import parse_prometheus, parse_torchserve_log, prometheus_delta  # noqa: E402
+from bench.load.wrk import WRK_MARKER, WrkRun, parse_wrk_output, summarize_wrk, wrk_command  # noqa: E402
 
 
 def test_bodies_file_round_trips_any_bytes() -> None:
     bodies = [b"", b'{"text": "a\nb"}', b"\x00\xff\xfe", b"12\n34", b"x" * (1 << 20)]
-    bodies += bench_load.hostile_bodies().values()
-    assert bench_load.decode_bodies(bench_load.encode_bodies(bodies)) == bodies
+    bodies += hostile_bodies().values()
+    assert decode_bodies(encode_bodies(bodies)) == bodies
 
 
 def test_good_bodies_escape_what_json_must() -> None:
     text = 'She said "no"\n\\ \x01 caf\u00e9 \U0001f525 \ud800'
     for body, unwrap in (
-        (bench_load.torchserve_body(text), lambda d: d["text"]),
-        (bench_load.mlflow_body(text), lambda d: d["dataframe_records"][0]["text"]),
+        (torchserve_body(text), lambda d: d["text"]),
+        (mlflow_body(text), lambda d: d["dataframe_records"][0]["text"]),
     ):
         body.decode("ascii")  # ensure_ascii: no raw control characters or non-ASCII bytes on the wire
         assert unwrap(json.loads(body)) == text
 
 
-@pytest.mark.parametrize("name", sorted(bench_load.hostile_bodies()))
+@pytest.mark.parametrize("name", sorted(hostile_bodies()))
 def test_every_hostile_body_breaks_the_request_contract(name: str) -> None:
     """The handler's parser refuses each one with a 4xx (TorchServe refuses the > 1 MiB one itself)."""
-    parsed = parse_body(bench_load.hostile_bodies()[name])
+    parsed = parse_body(hostile_bodies()[name])
     assert 400 <= parsed.status < 500 and parsed.error
 
 
@@ -65,15 +72,15 @@ def raw_wrk(**overrides) -> dict:
 
 
 def test_parse_wrk_output_finds_the_result_line() -> None:
-    result_line = bench_load.WRK_MARKER + json.dumps(raw_wrk())
+    result_line = WRK_MARKER + json.dumps(raw_wrk())
     stdout = f"Running 2s test @ http://x\n{result_line}\nLatency ...\n"
-    assert bench_load.parse_wrk_output(stdout) == raw_wrk()
+    assert parse_wrk_output(stdout) == raw_wrk()
     with pytest.raises(ValueError, match="RESTAR_WRK_RESULT"):
-        bench_load.parse_wrk_output("Running 2s test\n")
+        parse_wrk_output("Running 2s test\n")
 
 
 def test_summary_counts_non_2xx_socket_errors_and_bad_bodies_as_failed() -> None:
-    level = bench_load.summarize_wrk(raw_wrk(), clients=8)
+    level = summarize_wrk(raw_wrk(), clients=8)
     assert (level["status_2xx"], level["status_4xx"], level["status_5xx"]) == (95, 3, 2)
     assert level["ok"] == 94  # one 2xx lacked the expected body
     assert level["failed"] == 103 - 94  # 100 answered + 1 read error + 2 timeouts, 94 good
@@ -87,27 +94,27 @@ def test_recovery_window_is_the_outage_after_the_kill() -> None:
     records += [(4.9, 5.2, 507), (4.95, 5.2, 507)]  # the batch in flight when the worker died
     records += [(5.0 + i / 100, 8.0, 200) for i in range(20)]  # queued, answered by the new worker
     records += [(8.0 + t / 10, 8.05 + t / 10, 200) for t in range(20)]
-    summary = bench_load.recovery_summary(records, kill_at=5.1)
+    summary = recovery_summary(records, kill_at=5.1)
     assert summary["recovered"] and summary["recovery_s"] == pytest.approx(2.9)
     assert summary["failed"] == 2 and summary["failed_statuses"] == {"507": 2}
     assert summary["recovery_window_failed"] == 2
     assert summary["recovery_window_requests"] == 2 + 20  # in flight between 5.1 s and 8.0 s
     # a second worker answers throughout: recovery lasts until the replacement has loaded its model
     others = [(t / 10, t / 10 + 0.05, 200) for t in range(120)] + [(4.9, 5.2, 507)]
-    two = bench_load.recovery_summary(others, kill_at=5.1, ready_at=11.0)
+    two = recovery_summary(others, kill_at=5.1, ready_at=11.0)
     assert two["recovery_s"] == pytest.approx(5.9) and two["worker_ready_s"] == pytest.approx(5.9)
     assert two["recovery_window_failed"] == 1 and two["recovery_window_requests"] == 1 + 59
-    unrecovered = bench_load.recovery_summary([(0.0, 0.1, 200), (0.5, 1.0, -1)], kill_at=0.4)
+    unrecovered = recovery_summary([(0.0, 0.1, 200), (0.5, 1.0, -1)], kill_at=0.4)
     assert unrecovered["recovered"] is False and unrecovered["failed_ratio"] == 0.5
 
 
 def test_soak_growth_compares_first_and_last_windows() -> None:
     samples = [(float(t), 1000.0 if t < 300 else 1060.0) for t in range(0, 600, 5)]
-    growth = bench_load.soak_growth(samples, warmup_s=30, window_s=60)
+    growth = soak_growth(samples, warmup_s=30, window_s=60)
     assert growth["first_window_mean_mb"] == 1000.0 and growth["last_window_mean_mb"] == 1060.0
     assert growth["growth_ratio"] == pytest.approx(0.06)
     with pytest.raises(ValueError, match="too short"):
-        bench_load.soak_growth([(0.0, 1.0), (1.0, 1.0)], warmup_s=30, window_s=60)
+        soak_growth([(0.0, 1.0), (1.0, 1.0)], warmup_s=30, window_s=60)
 
 
 def test_torchserve_counters_and_log_lines() -> None:
@@ -119,9 +126,9 @@ def test_torchserve_counters_and_log_lines() -> None:
         f"ts_queue_latency_microseconds{labels} 50000.0\n"
         'HandlerTime{ModelName="restar",Level="Model",Hostname="vm",} 7.99\n'
     )
-    after = bench_load.parse_prometheus(metrics)
+    after = parse_prometheus(metrics)
     assert "HandlerTime" not in after
-    delta = bench_load.prometheus_delta({}, after)
+    delta = prometheus_delta({}, after)
     assert delta == {"requests": 10, "mean_inference_latency_ms": 20.0, "mean_queue_latency_ms": 5.0}
     line = "W-9000-restar_5-stdout org.pytorch.serve.wlm.WorkerLifeCycle - result=[METRICS]{}|#Model\n"
     log = (
@@ -129,7 +136,7 @@ def test_torchserve_counters_and_log_lines() -> None:
         + line.format("PredictionTime.Milliseconds:9.0")
         + "org.pytorch.serve.job.RestJob - Waiting time ns: 5000000, Backend time ns: 12000000\n" * 2
     )
-    parsed = bench_load.parse_torchserve_log(log)
+    parsed = parse_torchserve_log(log)
     assert parsed == {
         "waiting_ms_p50": 5.0,
         "backend_ms_p50": 12.0,
@@ -147,8 +154,8 @@ def test_an_archive_with_other_batching_settings_is_named(tmp_path: Path) -> Non
     for mar, config in ((current, shipped), (stale, shipped.replace("batchSize: 32", "batchSize: 16"))):
         with zipfile.ZipFile(mar, "w") as archive:
             archive.writestr("model-config.yaml", config)
-    assert bench_load.stale_settings(current) is None
-    message = bench_load.stale_settings(stale)
+    assert stale_settings(current) is None
+    message = stale_settings(stale)
     assert message is not None and "'batchSize': 16" in message and "re-export" in message
 
 
@@ -194,19 +201,19 @@ def stub_server() -> Iterator[str]:
 def test_lua_script_sends_every_body_byte_exact_and_counts_answers(
     stub_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    good = [bench_load.torchserve_body(text) for text in ("Love it", "Broke \U0001f525", 'a "b"\n')]
-    hostile = [body for name, body in bench_load.hostile_bodies().items() if name != "over_1_mib"]
+    good = [torchserve_body(text) for text in ("Love it", "Broke \U0001f525", 'a "b"\n')]
+    hostile = [body for name, body in hostile_bodies().items() if name != "over_1_mib"]
     bodies = good + hostile
     bodies_file = tmp_path / "bodies.bin"
-    bodies_file.write_bytes(bench_load.encode_bodies(bodies))
-    command = bench_load.wrk_command("wrk", stub_server, bodies_file, 2, 1, expect='"label"', timeout_s=5)
-    raw = bench_load.WrkRun(command, token="secret-key").result(timeout=60)
+    bodies_file.write_bytes(encode_bodies(bodies))
+    command = wrk_command("wrk", stub_server, bodies_file, 2, 1, expect='"label"', timeout_s=5)
+    raw = WrkRun(command, token="secret-key").result(timeout=60)
 
     received = StubHandler.received
     assert len(received) >= len(bodies)  # one second covers the whole rotation
     assert {body for body, _ in received} == set(bodies)
     assert {auth for _, auth in received} == {"Bearer secret-key"}
-    level = bench_load.summarize_wrk(raw, clients=2)
+    level = summarize_wrk(raw, clients=2)
     assert level["status_2xx"] + level["status_4xx"] == raw["requests"] and level["status_5xx"] == 0
     assert level["invalid_2xx"] == 0 and level["ok"] == level["status_2xx"] > 0
     share = len(hostile) / len(bodies)

@@ -1,4 +1,5 @@
-"""scripts/bench_speed.py's release rule: the fastest backend among those within 0.1 point of fp32."""
+"""scripts/bench_speed.py's release rule (scripts/bench/speed.py): the fastest backend among those
+within 0.1 point of fp32."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import bench_speed  # noqa: E402
+from bench import speed as bench_speed  # noqa: E402
 
 
 def backend(delta_pp: float, avg_ms: float) -> dict:

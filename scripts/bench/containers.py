@@ -28,12 +28,11 @@ from pathlib import Path
 import requests
 from matplotlib.figure import Figure
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from bench.common import REPO_ROOT, hardware, png_beside, save_png, write_json
 
-from restar.bench import hardware  # noqa: E402
-from tests import docker_kit  # noqa: E402
-from tests.helpers import make_tiny_model  # noqa: E402
+sys.path.insert(0, str(REPO_ROOT))  # tests/ is not installed: its Docker kit is borrowed from the tree
+from tests import docker_kit
+from tests.helpers import make_tiny_model
 
 ANCHORS = {
     "anchor-python-torch": "torch",
@@ -208,7 +207,7 @@ def secrets_in_layers(images: list[str], ca_bundle: Path | None) -> dict[str, ob
     return found
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict) -> Figure:
     sizes = result["image_size_mb"]
     figure = Figure(figsize=(8, 4), layout="constrained")
     axes = figure.subplots()
@@ -220,7 +219,7 @@ def plot(result: dict, path: Path) -> None:
     axes.set_xlabel("image size (MB, uncompressed)")
     axes.set_title("Re*Star images (blue) against anchors built from the same base (grey)")
     axes.invert_yaxis()
-    figure.savefig(path, dpi=120)
+    return figure
 
 
 def main() -> None:
@@ -275,9 +274,8 @@ def main() -> None:
                 "predictor": predictor_figures(images["predictor-baked"], work, args.rows),
                 "ca_bundle_in_layers": secrets_in_layers(list(images.values()), Path(ca) if ca else None),
             }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, args.output.with_suffix(".png"))
+    write_json(result, args.output)
+    save_png(plot(result), png_beside(args.output))
     for name, size in result["image_size_mb"].items():
         print(f"{name:24s} {size:8.1f} MB")
     print(json.dumps({key: result[key] for key in ("build_s", "torchserve", "predictor")}, indent=2))

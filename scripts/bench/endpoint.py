@@ -10,23 +10,31 @@ upper bound on what a separate client machine would see.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import tempfile
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from restar.bench import hardware, sample_texts
+from bench.common import (
+    REPO_ROOT,
+    add_torchserve_config,
+    announce,
+    argument_parser,
+    client_axes,
+    hardware,
+    latency_summary,
+    mean_words,
+    ms_since,
+    png_beside,
+    save_png,
+    write_json,
+)
+from restar.bench import sample_texts
 from restar.serve_local import LocalTorchServe, torchserve
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def archive_variant(source: Path, target_dir: Path, workers: int, batch_size: int, delay_ms: int) -> Path:
@@ -59,14 +67,13 @@ def run_level(server: LocalTorchServe, texts: list[str], clients: int, per_clien
                 ok = server.predict({"text": text}, key=key, timeout=120).status_code == 200
             except OSError:
                 ok = False
-            results.append(((time.perf_counter() - start) * 1000, ok))
+            results.append((ms_since(start), ok))
         return results
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         results = [r for chunk in pool.map(client, range(clients)) for r in chunk]
     wall = time.perf_counter() - start
-    latencies = np.array([ms for ms, ok in results if ok])
     failed = sum(1 for _, ok in results if not ok)
     return {
         "clients": clients,
@@ -74,9 +81,7 @@ def run_level(server: LocalTorchServe, texts: list[str], clients: int, per_clien
         "failed": failed,
         "failed_ratio": round(failed / len(results), 4),
         "throughput_rps": round((len(results) - failed) / wall, 1),
-        "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2) if len(latencies) else None,
-        "latency_p95_ms": round(float(np.percentile(latencies, 95)), 2) if len(latencies) else None,
-        "latency_avg_ms": round(float(latencies.mean()), 2) if len(latencies) else None,
+        **latency_summary([ms for ms, ok in results if ok], digits=2),
     }
 
 
@@ -91,57 +96,60 @@ def bench_variant(
     return {"levels": levels, "server_rss_mb": round(memory, 1)}
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict]) -> Figure:
     fig = Figure(figsize=(10, 4))
     latency_ax, throughput_ax = fig.subplots(1, 2)
     for result in results:
         clients = [level["clients"] for level in result["levels"]]
-        latency_ax.plot(
-            clients,
-            [level["latency_p50_ms"] for level in result["levels"]],
-            marker="o",
-            label=f"{result['variant']} p50",
-        )
-        latency_ax.plot(
-            clients,
-            [level["latency_p95_ms"] for level in result["levels"]],
-            marker="x",
-            linestyle="--",
-            label=f"{result['variant']} p95",
-        )
+        for key, marker, style in (("p50", "o", "-"), ("p95", "x", "--")):
+            latency_ax.plot(
+                clients,
+                [level[f"latency_{key}_ms"] for level in result["levels"]],
+                marker=marker,
+                linestyle=style,
+                label=f"{result['variant']} {key}",
+            )
         throughput_ax.plot(
             clients,
             [level["throughput_rps"] for level in result["levels"]],
             marker="o",
             label=result["variant"],
         )
-    for ax, title, unit in ((latency_ax, "Latency", "ms"), (throughput_ax, "Throughput", "requests/s")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(unit)
-        ax.set_title(f"{title} (workers x batchSize)")
-        ax.legend(fontsize=7)
+    client_axes(
+        (
+            (latency_ax, "Latency (workers x batchSize)", "ms"),
+            (throughput_ax, "Throughput (workers x batchSize)", "requests/s"),
+        )
+    )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def parse_variant(variant: str) -> tuple[int, int, int]:
+    """WORKERSxBATCHSIZE[xMAXBATCHDELAYMS] as three numbers, the delay 5 ms unless given."""
+    workers, batch_size, delay_ms = (int(part) for part in f"{variant}x5".split("x")[:3])
+    return workers, batch_size, delay_ms
+
+
+def print_levels(name: str, result: dict) -> None:
+    """One line per client level of a bench_variant result."""
+    for level in result["levels"]:
+        print(
+            f"{name:>5}  clients={level['clients']:>2}  p50={level['latency_p50_ms']} ms  "
+            f"p95={level['latency_p95_ms']} ms  {level['throughput_rps']} req/s  "
+            f"failed={level['failed']}/{level['requests']}  rss={result['server_rss_mb']} MiB"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--archive",
         type=Path,
         default=REPO_ROOT / "torchserve/model-store/restar.mar",
         help="Archive written by `restar export-torchserve`.",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=REPO_ROOT / "torchserve/config.properties",
-        help="TorchServe config (its listen addresses are replaced by free loopback ports).",
-    )
+    add_torchserve_config(parser)
     parser.add_argument(
         "--data",
         type=Path,
@@ -169,7 +177,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
-            workers, batch_size, delay_ms = (int(part) for part in f"{variant}x5".split("x")[:3])
+            workers, batch_size, delay_ms = parse_variant(variant)
             archive = archive_variant(
                 args.archive, Path(tmp) / variant / "store", workers, batch_size, delay_ms
             )
@@ -185,23 +193,15 @@ def main() -> None:
                     **result,
                 }
             )
-            for level in result["levels"]:
-                print(
-                    f"{variant:>5}  clients={level['clients']:>2}  p50={level['latency_p50_ms']} ms  "
-                    f"p95={level['latency_p95_ms']} ms  {level['throughput_rps']} req/s  "
-                    f"failed={level['failed']}/{level['requests']}  rss={result['server_rss_mb']} MiB"
-                )
+            print_levels(variant, result)
     report = {
         "archive": str(args.archive),
-        "mean_words": round(statistics.mean(len(t.split()) for t in texts), 1),
+        "mean_words": mean_words(texts),
         "hardware": hardware(),
         "note": "load generator shares the machine's cores with the server",
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, args.output.with_suffix(".png"))
-    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
+    announce([write_json(report, args.output), save_png(plot(results), png_beside(args.output))])
 
 
 if __name__ == "__main__":

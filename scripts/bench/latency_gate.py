@@ -11,8 +11,6 @@ trials, the host's load, and the gate's verdict. The two verdicts must agree; th
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
@@ -20,12 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.common import REPO_ROOT, announce, argument_parser, hardware, png_beside, save_png, write_json
 from matplotlib.figure import Figure
 
 from promotion.gates import LatencyGate, LatencyParams
-from restar.bench import hardware
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUSY_LOOP = (
     "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 )
@@ -60,7 +57,7 @@ def measure(model_uri: str, params: LatencyParams) -> dict:
     }
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict) -> Figure:
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     runs = list(report["runs"])
@@ -80,13 +77,22 @@ def plot(report: dict, path: Path) -> None:
         fontsize=8,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def print_runs(report: dict) -> None:
+    for name, run in report["runs"].items():
+        print(
+            f"{name:>14}: {run['verdict']:>9}  CPU avg {run['cpu_avg_ms']:.1f} ms "
+            f"(spread {run['cpu_spread']:.0%})  wall avg {run['wall_avg_ms']:.1f} ms  "
+            f"load {run['load_avg_1m']}"
+        )
+    ratios = report["busy_over_quiet"]
+    print(f"busy / as is: CPU x{ratios['cpu_avg']}, wall x{ratios['wall_avg']}")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--model-uri", required=True, help="Model folder or MLflow model URI.")
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "data/raw/eval.parquet")
     parser.add_argument("--calls", type=int, default=40, help="Timed texts per trial.")
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "model_uri": args.model_uri,
         "params": params.model_dump(mode="json"),
-        "hardware": hardware() | {"model_threads": args.threads},
+        "hardware": hardware(model_threads=args.threads),
         "runs": runs,
         "same_verdict": quiet["verdict"] == busy["verdict"],
         "busy_over_quiet": {
@@ -122,18 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
             "wall_avg": round(busy["wall_avg_ms"] / quiet["wall_avg_ms"], 3),
         },
     }
-    for name, run in runs.items():
-        print(
-            f"{name:>14}: {run['verdict']:>9}  CPU avg {run['cpu_avg_ms']:.1f} ms "
-            f"(spread {run['cpu_spread']:.0%})  wall avg {run['wall_avg_ms']:.1f} ms  "
-            f"load {run['load_avg_1m']}"
-        )
-    ratios = report["busy_over_quiet"]
-    print(f"busy / as is: CPU x{ratios['cpu_avg']}, wall x{ratios['wall_avg']}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, args.output.with_suffix(".png"))
-    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
+    print_runs(report)
+    announce([write_json(report, args.output), save_png(plot(report), png_beside(args.output))])
     return report
 
 

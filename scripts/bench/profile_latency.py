@@ -14,12 +14,9 @@ Writes JSON and a PNG; numbers depend on the machine, which is recorded beside t
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -34,22 +31,20 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import AutoConfig
 
-from restar.bench import hardware
+from bench.common import (
+    announce,
+    argument_parser,
+    hardware,
+    mean_words,
+    median_ms,
+    png_beside,
+    save_png,
+    write_json,
+)
+from bench.speed import latency_texts
 from restar.inference import InferenceCore
 from restar.onnx_backend import ONNX_FILES, OnnxScorer, convert, session_options
 from restar.pyfunc import save_pyfunc
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_speed import latency_texts, mean_words
-
-
-def median_ms(call: Callable[[], object], repeats: int) -> float:
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(timings))
 
 
 def session(path: Path, profile_prefix: str | None = None) -> onnxruntime.InferenceSession:
@@ -181,7 +176,7 @@ def throughput_ceiling(floor: dict[str, object], tokens_per_review: float) -> fl
     return round(floor["peak_gmacs"] * 1e9 / (floor["encoder_macs_per_token"] * tokens_per_review), 1)
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict) -> Figure:
     stages = report["stages_ms"]
     parts = {
         "tokenize": stages["tokenize"],
@@ -211,13 +206,11 @@ def plot(report: dict, path: Path) -> None:
     right.set_xlabel("ms per forward")
     right.set_title("ONNX Runtime profile of the forward")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    return figure
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--model", type=Path, required=True, help="a trained Re*Star transformer model directory"
     )
@@ -253,11 +246,9 @@ def main() -> None:
             "floor": floor,
             "eval_mean_tokens": round(eval_mean_tokens, 1),
             "throughput_ceiling_reviews_per_s": throughput_ceiling(floor, eval_mean_tokens),
-            "hardware": {**hardware(), "onnxruntime_version": onnxruntime.__version__},
+            "hardware": hardware(onnxruntime_version=onnxruntime.__version__),
         }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, args.output.with_suffix(".png"))
+    announce([write_json(report, args.output), save_png(plot(report), png_beside(args.output))])
     summary = ("mean_tokens", "stages_ms", "floor", "eval_mean_tokens", "throughput_ceiling_reviews_per_s")
     print(json.dumps({key: report[key] for key in summary}, indent=2))
     print("forward by operator (ms):", report["forward_ms_by_operator"])

@@ -15,38 +15,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
-import pyarrow as pa
 import pyarrow.parquet as pq
+from bench.common import (
+    REPO_ROOT,
+    RESTAR,
+    hardware,
+    png_beside,
+    save_png,
+    watch_rss,
+    write_json,
+    write_sample,
+)
 from matplotlib.figure import Figure
 
-from restar.bench import hardware
 from restar.labels import PROBABILITY_COLUMNS
 from restar.serve_local import process_tree_rss_mb
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESTAR = Path(sys.executable).with_name("restar")
 SPARK_SLOTS = 2
 
 
-def write_input(data: Path, rows: int, path: Path, block: int = 100_000) -> None:
-    """`rows` texts with their titles where the data has them, sampled with replacement, in blocks."""
+def write_input(data: Path, rows: int, path: Path) -> None:
+    """`rows` texts with their titles where the data has them, sampled with replacement, with ids."""
     columns = [c for c in ("text", "title") if c in pq.ParquetFile(data).schema_arrow.names]
-    source = pd.read_parquet(data, columns=columns)
-    schema = pa.schema([(name, pa.string()) for name in ["id", *columns]])
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, rows, block):
-            sample = source.sample(n=min(block, rows - start), replace=True, random_state=start)
-            sample.insert(0, "id", [str(i) for i in range(start, start + len(sample))])
-            writer.write_table(pa.Table.from_pandas(sample, schema=schema, preserve_index=False))
+    write_sample(pd.read_parquet(data, columns=columns), rows, path, ids=True)
 
 
 def engine_args(engine: str, master: str) -> list[str]:
@@ -59,18 +55,8 @@ def run(engine: str, master: str, model_uri: str, source: Path, target: Path) ->
     """One `restar predict` process; its wall time and the peak RSS of its process tree."""
     command = [str(RESTAR), "predict", "--input", str(source), "--output", str(target)]
     command += ["--model-uri", model_uri, *engine_args(engine, master)]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0.0
-    while process.poll() is None:
-        try:
-            peak = max(peak, process_tree_rss_mb(process.pid))
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.5)
-    seconds = time.perf_counter() - start
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
+    seconds, samples = watch_rss(command, process_tree_rss_mb, 0.5, quiet=True)
+    peak = max((mb for _, mb in samples), default=0.0)
     rows = pq.ParquetFile(target).metadata.num_rows
     return {
         "engine": engine if engine == "local" else f"spark {master}",
@@ -103,16 +89,13 @@ def merge(out: Path, runs: list[dict[str, object]], check: dict[str, object]) ->
         c for c in report["checks"] if (c["model"], c["rows"]) != (check["model"], check["rows"])
     ]
     report["checks"].append(check)
-    report["hardware"] = {
-        **hardware(),
-        "spark_task_slots": SPARK_SLOTS,
-        "nice": os.nice(0),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-    }
+    report["hardware"] = hardware(
+        spark_task_slots=SPARK_SLOTS, nice=os.nice(0), load_average_1m_at_end=round(os.getloadavg()[0], 2)
+    )
     return report
 
 
-def plot(report: dict[str, object], path: Path) -> None:
+def plot(report: dict[str, object]) -> Figure:
     runs = report["runs"]
     labels = [f"{r['engine']}\n{r['model'].split('@')[-1]}, {r['rows']:,} rows" for r in runs]
     figure = Figure(figsize=(max(6, 2.2 * len(runs)), 6.5))
@@ -126,7 +109,7 @@ def plot(report: dict[str, object], path: Path) -> None:
     memory.set_xticks(x, labels, fontsize=7)
     figure.suptitle(f"restar predict: local engine vs Spark ({report['hardware']['cpu_count']} cores)")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    return figure
 
 
 def main() -> None:
@@ -153,9 +136,8 @@ def main() -> None:
     check = {"model": args.model_uri, "rows": args.rows, **agreement(*outputs)}
     print(json.dumps(check), flush=True)
     report = merge(args.out, runs, check)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, args.out.with_suffix(".png"))
+    write_json(report, args.out)
+    save_png(plot(report), png_beside(args.out))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,10 @@ recorded beside them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -31,18 +29,27 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from bench.common import (
+    REPO_ROOT,
+    announce,
+    argument_parser,
+    hardware,
+    latency_summary,
+    mean_words,
+    png_beside,
+    predictor_run,
+    pyfunc_latency,
+    save_png,
+    timed_ms,
+    write_json,
+)
+from bench.endpoint import bench_variant, print_levels
 from registry.service import PRODUCTION, Registry
-from restar.bench import hardware, latency_summary, measure_latency
 from restar.export_torchserve import export_torchserve
 from restar.inference import InferenceCore
 from restar.onnx_backend import BACKENDS, INPUT_NAMES, convert
-from restar.predictor import predict_file
 from restar.pyfunc import log_pyfunc, save_pyfunc
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_endpoint import bench_variant
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCURACY_TOLERANCE_PP = 0.1  # the most accuracy a faster backend may cost, in points (issue 24)
 
 
@@ -53,10 +60,6 @@ def latency_texts(frame: pd.DataFrame, n: int, words: tuple[int, int] | None, se
         counts = texts.str.split().str.len()
         texts = texts[(counts >= words[0]) & (counts <= words[1])]
     return texts.sample(n=n, replace=len(texts) < n, random_state=seed).tolist()
-
-
-def mean_words(texts: list[str]) -> float:
-    return round(float(np.mean([len(text.split()) for text in texts])), 1)
 
 
 def backend_dirs(model_dir: Path, root: Path) -> dict[str, Path]:
@@ -76,19 +79,14 @@ def accuracy(model_dir: Path, frame: pd.DataFrame) -> float:
     return round(float((logits.argmax(axis=1) == frame["label"].to_numpy()).mean()), 5)
 
 
-def pyfunc_latency(pyfunc_dir: Path, texts: list[str], warmup: int) -> dict[str, object]:
+def pyfunc_dir_latency(pyfunc_dir: Path, texts: list[str], warmup: int) -> dict[str, object]:
     model = mlflow.pyfunc.load_model(str(pyfunc_dir))
-    result = measure_latency(
-        lambda batch: model.predict(pd.DataFrame({"text": list(batch)})),
-        texts,
-        warmup=warmup,
-        progress=False,
-    )
-    return {key: result[key] for key in ("latency_avg_ms", "latency_p50_ms", "latency_p95_ms", "calls")}
+    keys = ("latency_avg_ms", "latency_p50_ms", "latency_p95_ms", "calls")
+    return pyfunc_latency(model, texts, warmup, keys)
 
 
-def raw_forward_latency(model_dir: Path, texts: list[str], warmup: int) -> dict[str, float]:
-    """Batch-1 forward of the scorer's model on pre-tokenized inputs: the floor under the pyfunc."""
+def forward_calls(model_dir: Path, texts: list[str]) -> list[Callable[[], object]]:
+    """One call per text: the scorer's model forward on that text, tokenized beforehand."""
     core = InferenceCore.from_dir(model_dir)
     scorer = core.scorer
     encoded = [
@@ -98,32 +96,29 @@ def raw_forward_latency(model_dir: Path, texts: list[str], warmup: int) -> dict[
     if hasattr(scorer, "session"):
         feeds = [scorer.feed(e) for e in encoded]
 
-        def forward(feed):
+        def forward(feed: dict) -> object:
             return scorer.session.run(["logits"], feed)
     else:
         feeds = [{name: torch.from_numpy(e[name]) for name in INPUT_NAMES if name in e} for e in encoded]
 
-        def forward(feed):
+        def forward(feed: dict) -> object:
             with torch.inference_mode():
                 return scorer.model(**feed).logits
 
-    for feed in feeds[:warmup]:
-        forward(feed)
-    timings = []
-    for feed in feeds[warmup:]:
-        start = time.perf_counter()
-        forward(feed)
-        timings.append((time.perf_counter() - start) * 1000)
-    return latency_summary(timings)
+    return [lambda feed=feed: forward(feed) for feed in feeds]
+
+
+def raw_forward_latency(model_dir: Path, texts: list[str], warmup: int) -> dict[str, float | None]:
+    """Batch-1 forward of the scorer's model on pre-tokenized inputs: the floor under the pyfunc."""
+    calls = forward_calls(model_dir, texts)
+    for call in calls[:warmup]:
+        call()
+    return latency_summary([timed_ms(call) for call in calls[warmup:]])
 
 
 def predictor_throughput(pyfunc_dir: Path, frame: pd.DataFrame, rows: int, workdir: Path) -> dict[str, float]:
-    source = workdir / "predict_in.parquet"
-    texts = frame["text"].sample(n=rows, replace=len(frame) < rows, random_state=1)
-    pd.DataFrame({"text": texts.to_numpy()}).to_parquet(source, index=False)
-    start = time.perf_counter()
-    written = predict_file(source, workdir / "predict_out.parquet", str(pyfunc_dir), progress=False)
-    seconds = time.perf_counter() - start
+    texts = frame["text"].sample(n=rows, replace=len(frame) < rows, random_state=1).tolist()
+    written, seconds = predictor_run(texts, str(pyfunc_dir), workdir)
     return {
         "rows": written,
         "seconds": round(seconds, 2),
@@ -174,7 +169,7 @@ def release_backend(backends: dict[str, dict]) -> str:
     return min(qualifying, key=lambda b: backends[b]["pyfunc_natural"]["latency_avg_ms"])
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict) -> Figure:
     fig = Figure(figsize=(11, 4))
     latency_ax, throughput_ax = fig.subplots(1, 2)
     backends = list(report["backends"])
@@ -198,14 +193,41 @@ def plot(report: dict, path: Path) -> None:
     throughput_ax.set_title("Offline predictor throughput")
     fig.suptitle(f"{report['hardware']['cpu']}, {report['hardware']['torch_threads']} threads", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def measure_backend(
+    folder: Path,
+    frame: pd.DataFrame,
+    scored: pd.DataFrame,
+    natural: list[str],
+    hundred: list[str],
+    args: argparse.Namespace,
+) -> dict[str, object]:
+    """Accuracy on `scored`, batch-1 latencies and predictor throughput of one converted model."""
+    pyfunc_dir = folder.parent / "pyfunc"
+    return {
+        "eval_accuracy": accuracy(folder, scored),
+        "pyfunc_natural": pyfunc_dir_latency(pyfunc_dir, natural, args.warmup),
+        "pyfunc_100_words": pyfunc_dir_latency(pyfunc_dir, hundred, args.warmup),
+        "raw_forward": raw_forward_latency(folder, hundred, args.warmup),
+        "predictor": predictor_throughput(pyfunc_dir, frame, args.predictor_rows, folder.parent),
+    }
+
+
+def print_backend(backend: str, result: dict) -> None:
+    print(
+        f"{backend:>9}  acc {result['eval_accuracy']:.4f}  "
+        f"pyfunc p50 {result['pyfunc_natural']['latency_p50_ms']:.1f} ms "
+        f"(~100 words {result['pyfunc_100_words']['latency_p50_ms']:.1f} ms)  "
+        f"raw forward p50 {result['raw_forward']['latency_p50_ms']:.1f} ms  "
+        f"predictor {result['predictor']['reviews_per_s']:.0f} reviews/s",
+        flush=True,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--model", type=Path, default=REPO_ROOT / "outputs/dvc_run/model", help="Re*Star model dir."
     )
@@ -241,23 +263,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folders = backend_dirs(args.model, Path(tmp))
         for backend, folder in folders.items():
-            pyfunc_dir = folder.parent / "pyfunc"
-            result = {
-                "eval_accuracy": accuracy(folder, scored),
-                "pyfunc_natural": pyfunc_latency(pyfunc_dir, natural, args.warmup),
-                "pyfunc_100_words": pyfunc_latency(pyfunc_dir, hundred, args.warmup),
-                "raw_forward": raw_forward_latency(folder, hundred, args.warmup),
-                "predictor": predictor_throughput(pyfunc_dir, frame, args.predictor_rows, folder.parent),
-            }
-            report["backends"][backend] = result
-            print(
-                f"{backend:>9}  acc {result['eval_accuracy']:.4f}  "
-                f"pyfunc p50 {result['pyfunc_natural']['latency_p50_ms']:.1f} ms "
-                f"(~100 words {result['pyfunc_100_words']['latency_p50_ms']:.1f} ms)  "
-                f"raw forward p50 {result['raw_forward']['latency_p50_ms']:.1f} ms  "
-                f"predictor {result['predictor']['reviews_per_s']:.0f} reviews/s",
-                flush=True,
-            )
+            report["backends"][backend] = measure_backend(folder, frame, scored, natural, hundred, args)
+            print_backend(backend, report["backends"][backend])
         reference = report["backends"]["torch"]["eval_accuracy"]
         for result in report["backends"].values():
             result["accuracy_delta_pp"] = round((result["eval_accuracy"] - reference) * 100, 2)
@@ -272,16 +279,8 @@ def main() -> None:
                 "backend": best,
                 **endpoint(folders[best], best, natural, args.endpoint_requests, work),
             }
-            for level in report["endpoint"]["levels"]:
-                print(
-                    f"endpoint {best}  clients={level['clients']:>2}  p50={level['latency_p50_ms']} ms  "
-                    f"p95={level['latency_p95_ms']} ms  {level['throughput_rps']} req/s  "
-                    f"failed={level['failed']}/{level['requests']}"
-                )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, args.output.with_suffix(".png"))
-    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
+            print_levels(f"endpoint {best}", report["endpoint"])
+    announce([write_json(report, args.output), save_png(plot(report), png_beside(args.output))])
 
 
 if __name__ == "__main__":
