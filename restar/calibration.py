@@ -51,11 +51,11 @@ def fit_calibration(
     return float(log_t.exp().item()), tuple(round(float(b), 6) for b in centred)
 
 
-def out_of_fold_ece(
+def cross_fitted(
     logits: np.ndarray, labels: np.ndarray, with_bias: bool, folds: int = 5, seed: int = 0
-) -> float:
-    """ECE of the calibration on data it was not fit on: each of `folds` random parts of (logits, labels)
-    is calibrated by a fit on the other parts (cross-fitting)."""
+) -> np.ndarray:
+    """Calibrated probabilities of rows the calibration was not fit on: each of `folds` random parts of
+    (logits, labels) is calibrated by a fit on the other parts."""
     logits, labels = np.asarray(logits), np.asarray(labels)
     order = np.random.default_rng(seed).permutation(len(labels))
     calibrated = np.empty(logits.shape, dtype=np.float64)
@@ -63,7 +63,21 @@ def out_of_fold_ece(
         rest = np.setdiff1d(order, part)
         temperature, bias = fit_calibration(logits[rest], labels[rest], with_bias)
         calibrated[part] = softmax(logits[part], temperature, bias)
-    return expected_calibration_error(calibrated, labels)
+    return calibrated
+
+
+def share_with_lower_ece(
+    probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, resamples: int = 200, seed: int = 0
+) -> float:
+    """In what share of bootstrap resamples of the rows `probs` has a lower ECE than `reference` (paired:
+    both scored on the same resampled rows)."""
+    rng = np.random.default_rng(seed)
+    lower = 0
+    for _ in range(resamples):
+        rows = rng.integers(0, len(labels), len(labels))
+        ece = expected_calibration_error(probs[rows], labels[rows])
+        lower += ece < expected_calibration_error(reference[rows], labels[rows])
+    return lower / resamples
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from restar.calibration import expected_calibration_error, fit_calibration, out_of_fold_ece, softmax
+from restar.calibration import (
+    cross_fitted,
+    expected_calibration_error,
+    fit_calibration,
+    share_with_lower_ece,
+    softmax,
+)
 from restar.labels import LABELS
 
-MIN_CROSS_FIT_ROWS = 50  # fewer dev rows: the fit is kept without the out-of-fold check
+MIN_CROSS_FIT_ROWS = 50  # fewer dev rows: the fit is kept unchecked
+KEEP_CONFIDENCE = 0.95  # share of bootstrap resamples in which the calibration must lower dev ECE
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
@@ -36,19 +43,23 @@ def calibrate_on_dev(
 ) -> tuple[float, tuple[float, ...], dict[str, float]]:
     """Fit the temperature (and class biases) on dev logits; return them with the dev metrics.
 
-    The fit is kept only when it lowers dev ECE out of fold (`out_of_fold_ece`): an already calibrated
-    model's fit follows noise, which raises ECE on new data. Otherwise T = 1 and no biases.
+    The fit is kept only when it lowers dev ECE beyond dev's sampling noise: cross-fitted on dev (each
+    row calibrated by a fit on other rows), its ECE must be lower than the raw softmax's in at least
+    `KEEP_CONFIDENCE` of paired bootstrap resamples. An already calibrated model's fit follows noise
+    and raises ECE on new data; such a model serves its own logits (T = 1, no biases).
     """
-    uncalibrated_ece = expected_calibration_error(softmax(logits), labels)
+    raw = softmax(logits)
     checked = len(labels) >= MIN_CROSS_FIT_ROWS
-    fitted_ece = out_of_fold_ece(logits, labels, with_bias) if checked else None
-    kept = fitted_ece is None or fitted_ece < uncalibrated_ece
+    cross_fit = cross_fitted(logits, labels, with_bias) if checked else None
+    confidence = share_with_lower_ece(cross_fit, raw, labels) if checked else 1.0
+    kept = confidence >= KEEP_CONFIDENCE
     temperature, bias = fit_calibration(logits, labels, with_bias) if kept else (1.0, ())
     calibrated = softmax(logits, temperature, bias)
     metrics = with_prefix(classification_metrics(calibrated, labels, threshold), "dev")
-    metrics["dev_ece_uncalibrated"] = round(uncalibrated_ece, 6)
-    if fitted_ece is not None:
-        metrics["dev_ece_out_of_fold"] = round(fitted_ece, 6)
+    metrics["dev_ece_uncalibrated"] = round(expected_calibration_error(raw, labels), 6)
+    if cross_fit is not None:
+        metrics["dev_ece_cross_fitted"] = round(expected_calibration_error(cross_fit, labels), 6)
+        metrics["calibration_confidence"] = round(confidence, 6)
     metrics["calibration_kept"] = int(kept)
     metrics["temperature"] = round(temperature, 6)
     if bias:
