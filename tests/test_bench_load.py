@@ -20,6 +20,7 @@ from restar.json_requests import parse_body
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import bench_load  # noqa: E402
+
 from bench.load.archive import stale_settings  # noqa: E402
 from bench.load.bodies import decode_bodies, encode_bodies, hostile_bodies, mlflow_body, torchserve_body  # noqa: E402
 from bench.load.kill import recovery_summary  # noqa: E402

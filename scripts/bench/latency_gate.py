@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import REPO_ROOT, announce, argument_parser, hardware, png_beside, save_png, write_json
 from matplotlib.figure import Figure
 
+from bench.common import REPO_ROOT, announce, argument_parser, hardware, png_beside, save_png, write_json
 from promotion.gates import LatencyGate, LatencyParams
 
 BUSY_LOOP = (

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+from matplotlib.figure import Figure
+
 from bench.common import (
     REPO_ROOT,
     RESTAR,
@@ -30,7 +32,6 @@ from bench.common import (
     write_json,
     write_sample,
 )
-from matplotlib.figure import Figure
 
 
 def run_predictor(model: Path, source: Path, target: Path) -> dict[str, object]:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from matplotlib.figure import Figure
+
 from bench.common import (
     REPO_ROOT,
     RESTAR,
@@ -31,8 +33,6 @@ from bench.common import (
     write_json,
     write_sample,
 )
-from matplotlib.figure import Figure
-
 from restar.labels import PROBABILITY_COLUMNS
 from restar.serve_local import process_tree_rss_mb
 
