@@ -13,7 +13,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, delete, inspect, select, update
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Text,
+    create_engine,
+    delete,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -157,37 +169,30 @@ class AuditLog:
 
     def last_move(self, model_name: str, alias: str) -> AuditRecord | None:
         """The most recent record that moved `alias` of `model_name`."""
-        query = (
-            select(AuditRecord)
-            .where(AuditRecord.model_name == model_name, AuditRecord.alias == alias)
-            .where(AuditRecord.decision == "moved")
-            .order_by(AuditRecord.id.desc())
-            .limit(1)
-        )
+        query = self._decided(model_name, alias, "moved").order_by(AuditRecord.id.desc()).limit(1)
         with Session(self.engine, expire_on_commit=False) as session:
             return session.scalars(query).first()
 
     def moves(self, model_name: str, alias: str) -> list[AuditRecord]:
         """Every record that moved `alias` of `model_name`, oldest first."""
-        query = (
-            select(AuditRecord)
-            .where(AuditRecord.model_name == model_name, AuditRecord.alias == alias)
-            .where(AuditRecord.decision == "moved")
-            .order_by(AuditRecord.id)
-        )
-        with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.scalars(query))
+        return self._oldest_first(self._decided(model_name, alias, "moved"))
 
     def pending(self, model_name: str, alias: str) -> list[AuditRecord]:
         """Moves announced but never confirmed (the registry or the process died mid-move), oldest first."""
-        query = (
-            select(AuditRecord)
-            .where(AuditRecord.model_name == model_name, AuditRecord.alias == alias)
-            .where(AuditRecord.decision == "pending")
-            .order_by(AuditRecord.id)
+        return self._oldest_first(self._decided(model_name, alias, "pending"))
+
+    @staticmethod
+    def _decided(model_name: str, alias: str, decision: str) -> Select:
+        """The records of `alias` of `model_name` with this decision."""
+        return select(AuditRecord).where(
+            AuditRecord.model_name == model_name,
+            AuditRecord.alias == alias,
+            AuditRecord.decision == decision,
         )
+
+    def _oldest_first(self, query: Select) -> list[AuditRecord]:
         with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.scalars(query))
+            return list(session.scalars(query.order_by(AuditRecord.id)))
 
     def settle(self, record_id: int, decision: str, reason: str | None = None) -> None:
         """Give a pending record its outcome (and, optionally, a new reason)."""
