@@ -68,19 +68,15 @@ def test_every_command_has_help(root: click.Group, path: list[str], command: cli
             assert param.help, f"{' '.join(path)} --{param.name} has no help text"
 
 
+def predict_args(source: Path, out: Path, model_dir: Path) -> list[str]:
+    """`restar predict` of `source` into `out` with the model in `model_dir`."""
+    return ["predict", "--input", str(source), "--output", str(out), "--model-uri", str(model_dir)]
+
+
 def test_predict_through_the_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
     pd.DataFrame({"text": ["good", "bad", ""]}).to_csv(tmp_path / "in.csv", index=False)
     result = CliRunner().invoke(
-        cli,
-        [
-            "predict",
-            "--input",
-            str(tmp_path / "in.csv"),
-            "--output",
-            str(tmp_path / "out.jsonl"),
-            "--model-uri",
-            str(tiny_model_dir),
-        ],
+        cli, predict_args(tmp_path / "in.csv", tmp_path / "out.jsonl", tiny_model_dir)
     )
     assert result.exit_code == 0, result.output
     assert "wrote 3 predictions" in result.output
@@ -89,18 +85,7 @@ def test_predict_through_the_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 def test_predict_error_is_a_message_not_a_traceback(tiny_model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "in.csv").write_text("body\nhello\n")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "predict",
-            "--input",
-            str(tmp_path / "in.csv"),
-            "--output",
-            str(tmp_path / "out.csv"),
-            "--model-uri",
-            str(tiny_model_dir),
-        ],
-    )
+    result = CliRunner().invoke(cli, predict_args(tmp_path / "in.csv", tmp_path / "out.csv", tiny_model_dir))
     assert result.exit_code == 1
     assert "missing 'text' column" in result.output
     assert "Traceback" not in result.output
@@ -148,16 +133,7 @@ def test_installed_console_script(tiny_model_dir: Path, tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("restar")
     pd.DataFrame({"text": ["good", "bad"]}).to_csv(tmp_path / "in.csv", index=False)
     result = subprocess.run(
-        [
-            str(script),
-            "predict",
-            "--input",
-            str(tmp_path / "in.csv"),
-            "--output",
-            str(tmp_path / "out.csv"),
-            "--model-uri",
-            str(tiny_model_dir),
-        ],
+        [str(script), *predict_args(tmp_path / "in.csv", tmp_path / "out.csv", tiny_model_dir)],
         capture_output=True,
         text=True,
         env={**os.environ},

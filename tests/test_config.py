@@ -35,27 +35,19 @@ def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
     assert "train.epochz" in str(error.value)
 
 
-def test_bad_value_is_named(tmp_path: Path) -> None:
-    path = write(tmp_path, "name: x\ntrain:\n  learning_rate: -1\n")
-    with pytest.raises(ConfigError, match=r"train\.learning_rate"):
-        load_run_config(path)
-
-
-def test_bad_choice_is_named(tmp_path: Path) -> None:
-    path = write(tmp_path, "name: x\ntrain:\n  class_weights: cubic\n")
-    with pytest.raises(ConfigError, match=r"train\.class_weights"):
-        load_run_config(path)
-
-
-def test_threshold_that_can_never_abstain_is_rejected(tmp_path: Path) -> None:
-    path = write(tmp_path, "name: x\ntrain:\n  abstain_threshold: 0.3\n")
-    with pytest.raises(ConfigError, match="abstain_threshold"):
-        load_run_config(path)
-
-
-def test_missing_required_key_is_named(tmp_path: Path) -> None:
-    path = write(tmp_path, "train:\n  epochs: 1\n")
-    with pytest.raises(ConfigError, match=r"name: Field required"):
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("name: x\ntrain:\n  learning_rate: -1\n", r"train\.learning_rate"),  # a bad value
+        ("name: x\ntrain:\n  class_weights: cubic\n", r"train\.class_weights"),  # a bad choice
+        ("name: x\ntrain:\n  abstain_threshold: 0.3\n", "abstain_threshold"),  # can never abstain
+        ("train:\n  epochs: 1\n", r"name: Field required"),  # a required key missing
+    ],
+    ids=["bad_value", "bad_choice", "threshold_never_abstains", "missing_required_key"],
+)
+def test_a_bad_run_config_names_the_key(text: str, named: str, tmp_path: Path) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=named):
         load_run_config(path)
 
 

@@ -8,18 +8,15 @@ anything else abstains, blank texts are not scored.
 from __future__ import annotations
 
 import gzip
-import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from restar import inconsistencies
-from restar.cli import cli
+from restar.cli import cli as restar_cli
 from restar.inconsistencies import (
     PredictorError,
     contradicts,
@@ -29,9 +26,8 @@ from restar.inconsistencies import (
     star_classes,
     write_contradictions,
 )
-from restar.inference import decide
-from restar.labels import DEFAULT_ABSTAIN_THRESHOLD
 from tests.helpers import strict_json
+from tests.keyword_kit import keyword_model, record_loads
 
 PROBS = {
     "rather great": (0.15, 0.15, 0.7),
@@ -40,15 +36,7 @@ PROBS = {
     "okay": (0.1, 0.8, 0.1),
 }
 UNSURE = (0.5, 0.1, 0.4)  # top 0.5: abstains at the model's 0.65
-
-
-def keyword_predict(texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame:
-    probs = []
-    for text in texts:
-        found = [probs for word, probs in PROBS.items() if word in text]
-        probs.append(found[0] if found else (math.nan,) * 3 if not text.strip() else UNSURE)
-    decided = decide(np.array(probs, dtype="float64").reshape(-1, 3), DEFAULT_ABSTAIN_THRESHOLD)
-    return decided.assign(truncated=False)  # every prediction says whether its text was cut
+keyword_predict = keyword_model(PROBS, UNSURE)
 
 
 # (product, stars, text, contradiction?)
@@ -188,31 +176,16 @@ def test_the_category_comes_from_the_file_name(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def restar_cli() -> click.Group:
-    """The `restar` group, where the command is registered."""
-    return cli
-
-
-@pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The model URIs the command loaded; each load gives the keyword predictor."""
-    loaded: list[str] = []
-
-    def load(model_uri: str):
-        loaded.append(model_uri)
-        return keyword_predict
-
-    monkeypatch.setattr("restar.predictor.load_predict_fn", load)
-    return loaded
+    return record_loads(monkeypatch, "restar.predictor.load_predict_fn", keyword_predict)
 
 
 def run(group: click.Group, *args: str):
     return CliRunner().invoke(group, ["inconsistencies", *args])
 
 
-def test_the_command_writes_the_file_and_prints_the_summary(
-    restar_cli: click.Group, loads: list[str], tmp_path: Path
-) -> None:
+def test_the_command_writes_the_file_and_prints_the_summary(loads: list[str], tmp_path: Path) -> None:
     source = tmp_path / "Toys.jsonl.gz"
     with gzip.open(source, "wt", encoding="utf-8") as handle:
         handle.write(reviews_frame().drop(columns=["category"]).to_json(orient="records", lines=True))
@@ -225,7 +198,7 @@ def test_the_command_writes_the_file_and_prints_the_summary(
     assert pd.read_csv(out)["row"].tolist() == [0, 1, 4]
 
 
-def test_the_command_prints_json(restar_cli: click.Group, loads: list[str], tmp_path: Path) -> None:
+def test_the_command_prints_json(loads: list[str], tmp_path: Path) -> None:
     source = tmp_path / "reviews.parquet"
     unrated = pd.DataFrame({"parent_asin": ["Z"], "rating": [None], "text": ["awful"], "category": ["Void"]})
     pd.concat([reviews_frame(), unrated]).to_parquet(source)  # Void: no scored review, no rate
@@ -248,7 +221,7 @@ def test_the_command_prints_json(restar_cli: click.Group, loads: list[str], tmp_
     ids=["missing column", "empty file", "bad JSON line"],
 )
 def test_bad_input_is_exit_1_with_nothing_written(
-    content: str, message: str, restar_cli: click.Group, loads: list[str], tmp_path: Path
+    content: str, message: str, loads: list[str], tmp_path: Path
 ) -> None:
     source = tmp_path / ("in.jsonl" if content.startswith("{") or not content else "in.csv")
     source.write_text(content)
@@ -260,9 +233,7 @@ def test_bad_input_is_exit_1_with_nothing_written(
     assert loads == [] and not out.exists()
 
 
-def test_a_bad_output_type_is_refused_before_work(
-    restar_cli: click.Group, loads: list[str], tmp_path: Path
-) -> None:
+def test_a_bad_output_type_is_refused_before_work(loads: list[str], tmp_path: Path) -> None:
     source = tmp_path / "in.parquet"
     reviews_frame().to_parquet(source)
     result = run(restar_cli, "--input", str(source), "--out", str(tmp_path / "out.json"))
@@ -271,7 +242,7 @@ def test_a_bad_output_type_is_refused_before_work(
     assert loads == []
 
 
-def test_an_unwritable_output_is_exit_6(restar_cli: click.Group, loads: list[str], tmp_path: Path) -> None:
+def test_an_unwritable_output_is_exit_6(loads: list[str], tmp_path: Path) -> None:
     source = tmp_path / "in.parquet"
     reviews_frame().to_parquet(source)
     (tmp_path / "blocker").write_text("not a folder")
@@ -280,9 +251,7 @@ def test_an_unwritable_output_is_exit_6(restar_cli: click.Group, loads: list[str
     assert sorted(path.name for path in tmp_path.iterdir()) == ["blocker", "in.parquet"]
 
 
-def test_min_confidence_out_of_range_is_usage_error(
-    restar_cli: click.Group, loads: list[str], tmp_path: Path
-) -> None:
+def test_min_confidence_out_of_range_is_usage_error(loads: list[str], tmp_path: Path) -> None:
     source = tmp_path / "in.parquet"
     reviews_frame().to_parquet(source)
     result = run(
@@ -292,9 +261,7 @@ def test_min_confidence_out_of_range_is_usage_error(
     assert loads == []
 
 
-def test_an_unreachable_registry_is_exit_3(
-    restar_cli: click.Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_unreachable_registry_is_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     source = tmp_path / "in.parquet"
     reviews_frame().to_parquet(source)

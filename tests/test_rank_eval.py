@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -20,9 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from restar import rank_eval
-from restar.cli import cli
-from restar.inference import decide
-from restar.labels import ABSTAIN, DEFAULT_ABSTAIN_THRESHOLD, LABELS
+from restar.cli import cli as restar_cli
+from restar.labels import ABSTAIN, LABELS
 from restar.predictor import PredictorError, load_predict_fn
 from restar.rank_eval import (
     LOWERS_TARGET,
@@ -38,20 +36,12 @@ from restar.rank_eval import (
     spearman,
 )
 from tests.helpers import strict_json
+from tests.keyword_kit import keyword_model, record_loads
 
 KEYWORD_PROBS = {"awful": (0.9, 0.05, 0.05), "great": (0.05, 0.05, 0.9), "okay": (0.1, 0.8, 0.1)}
 UNSURE = (0.4, 0.3, 0.3)  # below the 0.65 threshold: abstains
 FAST = RankEvalSettings(bootstrap=200, min_products=20)
-
-
-def keyword_predict(texts: Sequence[str], titles: Sequence[str] | None = None) -> pd.DataFrame:
-    """A stand-in model whose reading of each text is known in advance; blank texts are not scored."""
-    probs = []
-    for text in texts:
-        found = [probs for word, probs in KEYWORD_PROBS.items() if word in text]
-        probs.append(found[0] if found else (math.nan,) * 3 if not text.strip() else UNSURE)
-    decided = decide(np.array(probs, dtype="float64").reshape(-1, 3), DEFAULT_ABSTAIN_THRESHOLD)
-    return decided.assign(truncated=False)  # every prediction says whether its text was cut
+keyword_predict = keyword_model(KEYWORD_PROBS, UNSURE)
 
 
 def product(
@@ -467,22 +457,9 @@ def test_real_model_answers_every_observed_review(
 
 
 @pytest.fixture
-def restar_cli() -> click.Group:
-    """The `restar` group, where the command is registered."""
-    return cli
-
-
-@pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The model URIs the command loaded; each load gives the keyword predictor."""
-    loaded: list[str] = []
-
-    def load(model_uri: str):
-        loaded.append(model_uri)
-        return keyword_predict
-
-    monkeypatch.setattr(rank_eval, "load_predict_fn", load)
-    return loaded
+    return record_loads(monkeypatch, "restar.rank_eval.load_predict_fn", keyword_predict)
 
 
 def write_jsonl_gz(path: Path, frame: pd.DataFrame) -> Path:
@@ -495,12 +472,16 @@ def run(group: click.Group, *args: str):
     return CliRunner().invoke(group, ["rank-eval", *args])
 
 
-def test_the_command_writes_json_and_png(restar_cli: click.Group, loads: list[str], tmp_path: Path) -> None:
+def run_unfiltered(group: click.Group, source: Path, *args: str):
+    """`restar rank-eval` of every product in `source` (a file outside the frozen split)."""
+    return run(group, "--input", str(source), "--no-split-filter", *args)
+
+
+def test_the_command_writes_json_and_png(loads: list[str], tmp_path: Path) -> None:
     source = write_jsonl_gz(tmp_path / "Gadgets.jsonl.gz", market())
     out = tmp_path / "out" / "ab.json"
-    result = run(
-        restar_cli,
-        "--input", str(source), "--no-split-filter", "--bootstrap", "100", "--min-products", "20",
+    result = run_unfiltered(
+        restar_cli, source, "--bootstrap", "100", "--min-products", "20",
         "--model-uri", "models:/restar@staging", "--k", "1", "--k", "5", "--out", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -514,21 +495,11 @@ def test_the_command_writes_json_and_png(restar_cli: click.Group, loads: list[st
     assert sorted(path.name for path in out.parent.iterdir()) == ["ab.json", "ab.png"]
 
 
-def test_the_command_prints_json(restar_cli: click.Group, loads: list[str], tmp_path: Path) -> None:
+def test_the_command_prints_json(loads: list[str], tmp_path: Path) -> None:
     source = tmp_path / "reviews.csv"
     market(5, 1).to_csv(source, index=False)
     out = tmp_path / "ab.json"
-    result = run(
-        restar_cli,
-        "--input",
-        str(source),
-        "--no-split-filter",
-        "--bootstrap",
-        "20",
-        "--json",
-        "--out",
-        str(out),
-    )
+    result = run_unfiltered(restar_cli, source, "--bootstrap", "20", "--json", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert strict_json(result.stdout)["verdict"] == TOO_FEW
 
@@ -555,12 +526,10 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 @pytest.mark.parametrize(
     "case", ["missing column", "empty file", "bad JSON line", "no rows", "not found", "unknown type"]
 )
-def test_bad_input_is_one_line_and_exit_1(
-    case: str, restar_cli: click.Group, loads: list[str], tmp_path: Path
-) -> None:
+def test_bad_input_is_one_line_and_exit_1(case: str, loads: list[str], tmp_path: Path) -> None:
     source, message = bad_inputs(tmp_path)[case]
     out = tmp_path / "out" / "ab.json"
-    result = run(restar_cli, "--input", str(source), "--no-split-filter", "--out", str(out))
+    result = run_unfiltered(restar_cli, source, "--out", str(out))
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert "Traceback" not in result.output
@@ -568,7 +537,7 @@ def test_bad_input_is_one_line_and_exit_1(
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
-def test_a_missing_split_folder_is_exit_1(restar_cli: click.Group, loads: list[str], tmp_path: Path) -> None:
+def test_a_missing_split_folder_is_exit_1(loads: list[str], tmp_path: Path) -> None:
     source = write_jsonl_gz(tmp_path / "Gadgets.jsonl.gz", market(3, 0))
     out = tmp_path / "ab.json"
     result = run(restar_cli, "--input", str(source), "--frozen", str(tmp_path / "frozen"), "--out", str(out))
@@ -577,39 +546,26 @@ def test_a_missing_split_folder_is_exit_1(restar_cli: click.Group, loads: list[s
     assert loads == [] and not out.exists()
 
 
-def test_bad_usage_is_exit_2(restar_cli: click.Group, loads: list[str], tmp_path: Path) -> None:
+def test_bad_usage_is_exit_2(loads: list[str], tmp_path: Path) -> None:
     source = write_jsonl_gz(tmp_path / "Gadgets.jsonl.gz", market(3, 0))
     result = run(restar_cli, "--input", str(source), "--observed-fraction", "1.5")
     assert result.exit_code == 2
     assert loads == []
 
 
-def test_a_non_json_output_is_refused_before_work(
-    restar_cli: click.Group, loads: list[str], tmp_path: Path
-) -> None:
+def test_a_non_json_output_is_refused_before_work(loads: list[str], tmp_path: Path) -> None:
     source = write_jsonl_gz(tmp_path / "Gadgets.jsonl.gz", market(3, 0))
-    result = run(restar_cli, "--input", str(source), "--no-split-filter", "--out", str(tmp_path / "ab.csv"))
+    result = run_unfiltered(restar_cli, source, "--out", str(tmp_path / "ab.csv"))
     assert result.exit_code == 1
     assert "must be a .json file" in result.output
     assert loads == []
 
 
-def test_an_unwritable_output_is_exit_6_and_leaves_nothing(
-    restar_cli: click.Group, loads: list[str], tmp_path: Path
-) -> None:
+def test_an_unwritable_output_is_exit_6_and_leaves_nothing(loads: list[str], tmp_path: Path) -> None:
     source = write_jsonl_gz(tmp_path / "Gadgets.jsonl.gz", market(3, 0))
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the output folder should be")
-    result = run(
-        restar_cli,
-        "--input",
-        str(source),
-        "--no-split-filter",
-        "--bootstrap",
-        "5",
-        "--out",
-        str(blocker / "ab.json"),
-    )
+    result = run_unfiltered(restar_cli, source, "--bootstrap", "5", "--out", str(blocker / "ab.json"))
     assert result.exit_code == 6, result.output
     assert "cannot write" in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["Gadgets.jsonl.gz", "blocker"]
@@ -630,13 +586,11 @@ def test_a_failed_json_write_removes_the_new_png(tmp_path: Path, monkeypatch: py
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_unreachable_registry_is_exit_3(
-    restar_cli: click.Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_unreachable_registry_is_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     source = write_jsonl_gz(tmp_path / "Gadgets.jsonl.gz", market(3, 0))
     out = tmp_path / "ab.json"
-    result = run(restar_cli, "--input", str(source), "--no-split-filter", "--out", str(out))
+    result = run_unfiltered(restar_cli, source, "--out", str(out))
     assert result.exit_code == 3, result.output
     assert "unreachable" in result.output
     assert not out.exists() and not out.with_suffix(".png").exists()
