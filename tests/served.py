@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from registry.service import PRODUCTION, Registry
@@ -51,6 +55,27 @@ def logged_pyfunc(model_dir: Path, root: Path) -> mlflow.pyfunc.PyFuncModel:
         return mlflow.pyfunc.load_model(info.model_uri)
     finally:
         mlflow.set_tracking_uri(None)
+
+
+LOAD_AND_PREDICT = """
+import json, sys
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(pd.DataFrame({"text": json.loads(sys.argv[2])}))
+print(out.to_json(orient="records"))
+"""
+
+
+def predict_in_fresh_process(model_uri: str, texts: Sequence[str]) -> pd.DataFrame:
+    """`texts` predicted by the pyfunc at `model_uri`, loaded through MLflow in a new Python process (as
+    a server would load it: nothing of this process's imports or state)."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PREDICT, model_uri, json.dumps(list(texts))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return pd.DataFrame(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def export_production(uri: str, work: Path, model_config: Path | None = None) -> Path:

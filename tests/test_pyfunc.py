@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -13,7 +11,7 @@ from restar.freeze import clean_rows
 from restar.inference import InferenceCore, decide
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
 from restar.pyfunc import log_pyfunc
-from tests.served import logged_pyfunc
+from tests.served import logged_pyfunc, predict_in_fresh_process
 from tests.upstream_rows import markup_rows
 
 TEXTS = [
@@ -26,14 +24,6 @@ TEXTS = [
 
 PROBS = ["p_neg", "p_neu", "p_pos"]
 
-LOAD_AND_PREDICT = """
-import json, sys
-import mlflow, pandas as pd
-model = mlflow.pyfunc.load_model(sys.argv[1])
-out = model.predict(pd.DataFrame({"text": json.loads(sys.argv[2])}))
-print(out.to_json(orient="records"))
-"""
-
 
 def test_pyfunc_in_a_fresh_process_matches_the_core(tiny_model_dir: Path, tracking_uri: str) -> None:
     with mlflow.start_run() as run:
@@ -42,13 +32,7 @@ def test_pyfunc_in_a_fresh_process_matches_the_core(tiny_model_dir: Path, tracki
     assert info.signature.inputs.required_input_names() == ["text"]
     assert info.saved_input_example_info is not None
 
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_PREDICT, f"runs:/{run.info.run_id}/model", json.dumps(TEXTS)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    served = pd.DataFrame(json.loads(result.stdout.strip().splitlines()[-1]))
+    served = predict_in_fresh_process(f"runs:/{run.info.run_id}/model", TEXTS)
     local = InferenceCore.from_dir(tiny_model_dir).predict(TEXTS)
 
     assert list(served.columns) == list(OUTPUT_COLUMNS)

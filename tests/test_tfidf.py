@@ -1,8 +1,6 @@
 """The TF-IDF baseline: a second model kind behind the same inference core and pyfunc."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -15,6 +13,7 @@ from restar.inference import InferenceCore, ModelMetadata, model_kinds
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
 from restar.pyfunc import log_pyfunc
 from restar.tfidf import TfidfScorer, fit
+from tests.served import predict_in_fresh_process
 
 TEXTS = ["love it, works great", "broke after a day, awful", "it is okay I guess", "", "great value"]
 
@@ -72,17 +71,7 @@ def test_unknown_kind_is_named(model_dir: Path, tmp_path: Path) -> None:
 def test_same_pyfunc_serves_the_baseline_in_a_fresh_process(model_dir: Path, tracking_uri: str) -> None:
     with mlflow.start_run() as run:
         log_pyfunc(model_dir)
-    script = (
-        "import json, sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model(sys.argv[1]);"
-        "print(m.predict(pd.DataFrame({'text': json.loads(sys.argv[2])})).to_json(orient='records'))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, f"runs:/{run.info.run_id}/model", json.dumps(TEXTS)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    served = pd.DataFrame(json.loads(done.stdout.strip().splitlines()[-1]))
+    served = predict_in_fresh_process(f"runs:/{run.info.run_id}/model", TEXTS)
     local = InferenceCore.from_dir(model_dir).predict(TEXTS)
     np.testing.assert_allclose(
         served[["p_neg", "p_neu", "p_pos"]].to_numpy(float),
