@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -454,40 +454,43 @@ def _render(
         raise click.ClickException(str(exc)) from exc
 
 
-REPLICA_OPTION = click.option(
-    "--replica",
-    "replicas",
-    multiple=True,
-    required=True,
-    callback=parse_replica,
-    help="NAME=HOST:PORT=KEY_FILE: a replica, its inference address and its key_file.json (repeat).",
+GATEWAY_OPTIONS = (
+    click.option(
+        "--run-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        required=True,
+        help="The gateway's run dir.",
+    ),
+    click.option("--listen", default="127.0.0.1:8000", show_default=True, help="host:port to serve."),
+    click.option(
+        "--internal-base-port",
+        "internal_base",
+        type=click.IntRange(1024, 65535),
+        default=INTERNAL_BASE,
+        show_default=True,
+        help="Replica i's internal server listens on 127.0.0.1:this+i.",
+    ),
+    click.option(
+        "--replica",
+        "replicas",
+        multiple=True,
+        required=True,
+        callback=parse_replica,
+        help="NAME=HOST:PORT=KEY_FILE: a replica, its inference address and its key_file.json (repeat).",
+    ),
+    click.option("--drain", multiple=True, help="A replica name to take out of rotation (repeat)."),
 )
-RUN_DIR_OPTION = click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="The gateway's run dir.",
-)
-LISTEN_OPTION = click.option(
-    "--listen", default="127.0.0.1:8000", show_default=True, help="host:port to serve."
-)
-INTERNAL_OPTION = click.option(
-    "--internal-base-port",
-    "internal_base",
-    type=click.IntRange(1024, 65535),
-    default=INTERNAL_BASE,
-    show_default=True,
-    help="Replica i's internal server listens on 127.0.0.1:this+i.",
-)
-DRAIN_OPTION = click.option("--drain", multiple=True, help="A replica name to take out of rotation (repeat).")
+
+
+def gateway_options(command: Callable) -> Callable:
+    """The options `render` and `reload` share, in this order: the run dir, the addresses, the replicas."""
+    for option in reversed(GATEWAY_OPTIONS):  # the top decorator is applied last
+        command = option(command)
+    return command
 
 
 @cli.command()
-@RUN_DIR_OPTION
-@LISTEN_OPTION
-@INTERNAL_OPTION
-@REPLICA_OPTION
-@DRAIN_OPTION
+@gateway_options
 def render(
     run_dir: Path, listen: str, internal_base: int, replicas: list[tuple], drain: tuple[str, ...]
 ) -> None:
@@ -505,11 +508,7 @@ def render(
 
 
 @cli.command()
-@RUN_DIR_OPTION
-@LISTEN_OPTION
-@INTERNAL_OPTION
-@REPLICA_OPTION
-@DRAIN_OPTION
+@gateway_options
 def reload(
     run_dir: Path, listen: str, internal_base: int, replicas: list[tuple], drain: tuple[str, ...]
 ) -> None:

@@ -581,25 +581,26 @@ def assert_reloads_lost_at_most_one_each(report: dict) -> None:
     assert set(report["failed_statuses"]) <= {"502", "None"}, report
 
 
-@pytest.mark.slow
-def test_a_rolling_restart_under_load(replicas: ReplicaSet) -> None:
+def rekeyed_under_load(replicas: ReplicaSet, action: Callable[[], None], label: str) -> dict:
+    """Load on the gateway while `action` gives every replica a new key (a restart or a renewal);
+    checks that each key changed and the reloads lost almost nothing; returns the load's summary."""
     keys = {r.name: r.key for r in replicas.replicas}
-    outcomes = run_load(replicas.url, replicas.gateway_key, 4, replicas.roll)
-    report = summary(outcomes)
-    print("rolling restart:", json.dumps(report))
+    report = summary(run_load(replicas.url, replicas.gateway_key, 4, action))
+    print(f"{label}:", json.dumps(report))
     assert all(replicas.replica(name).key != key for name, key in keys.items())
     assert_reloads_lost_at_most_one_each(report)
+    return report
+
+
+@pytest.mark.slow
+def test_a_rolling_restart_under_load(replicas: ReplicaSet) -> None:
+    report = rekeyed_under_load(replicas, replicas.roll, "rolling restart")
     assert set(report["served_by"]) == {"replica-1", "replica-2"}
 
 
 @pytest.mark.slow
 def test_renewing_the_replica_keys_under_load(replicas: ReplicaSet) -> None:
-    keys = {r.name: r.key for r in replicas.replicas}
-    outcomes = run_load(replicas.url, replicas.gateway_key, 4, replicas.renew_keys)
-    report = summary(outcomes)
-    print("key renewal:", json.dumps(report))
-    assert all(replicas.replica(name).key != key for name, key in keys.items())
-    assert_reloads_lost_at_most_one_each(report)
+    rekeyed_under_load(replicas, replicas.renew_keys, "key renewal")
 
 
 @pytest.mark.slow
