@@ -14,6 +14,18 @@ from restar.fetch_model import packaged_encoder_dir
 from restar.inference import ModelMetadata
 from restar.labels import LABELS
 
+# What restar.metrics.classification_metrics returns, and the pipeline writes with a dev_/eval_ prefix.
+METRIC_NAMES = (
+    "accuracy",
+    "macro_f1",
+    "f1_negative",
+    "f1_neutral",
+    "f1_positive",
+    "coverage",
+    "selective_accuracy",
+    "ece",
+)
+
 
 def make_tiny_model(out_dir: Path, temperature: float = 1.3) -> Path:
     source = packaged_encoder_dir()

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from restar.labels import OUTPUT_COLUMNS
+from tests.helpers import METRIC_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -65,16 +66,7 @@ def test_outputs(pipeline) -> None:
 
     dev = json.loads((run_dir / "metrics_dev.json").read_text())
     evaluation = json.loads((run_dir / "metrics_eval.json").read_text())
-    for name in (
-        "accuracy",
-        "macro_f1",
-        "f1_negative",
-        "f1_neutral",
-        "f1_positive",
-        "coverage",
-        "selective_accuracy",
-        "ece",
-    ):
+    for name in METRIC_NAMES:
         assert 0 <= dev[f"dev_{name}"] <= 1
         assert 0 <= evaluation[f"eval_{name}"] <= 1
     assert evaluation["eval_rows"] == 200
