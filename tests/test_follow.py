@@ -230,7 +230,7 @@ def test_the_torchserve_dir_must_hold_what_archives_pack(tmp_path: Path) -> None
     model config outside a checkout; a folder without them is refused before anything starts."""
     from click.testing import CliRunner
 
-    from restar.follow import follow_command as command
+    from restar.cli.follow import follow_command as command
 
     result = CliRunner().invoke(
         command,

@@ -1,9 +1,9 @@
 """The `restar` command line: one module per command group, each command a thin call into restar/.
 
-`pipeline` holds the stages dvc.yaml runs; `predict`, `bench`, `report`, `serve` and `business` (rank-eval,
-inconsistencies) one concern each; `options` the options several commands share. `restar registry` comes
-from registry.cli and `restar follow` from restar.follow. Heavy modules load inside the commands only, so
-`restar --help` stays fast.
+`pipeline` holds the stages dvc.yaml runs; `predict`, `bench`, `report`, `serve`, `follow` and `business`
+(rank-eval, inconsistencies) one concern each; `options` the options several commands share. `restar
+registry` comes from registry.cli. Heavy modules load inside the commands only, so `restar --help` stays
+fast.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import click
 from registry.cli import registry_group
 from restar.cli import business, pipeline
 from restar.cli.bench import bench_command
+from restar.cli.follow import follow_command
 from restar.cli.output import LOG_FORMAT
 from restar.cli.predict import predict_command
 from restar.cli.report import report_command
 from restar.cli.serve import serve_group
-from restar.follow import follow_command
 from restar.progress import quiet_unless_terminal
 
 __all__ = ["cli"]
