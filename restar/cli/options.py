@@ -1,5 +1,6 @@
 """Options and path types that more than one `restar` command takes, defined once: the same name, type,
-default and help wherever they appear. Options one command alone takes stay beside that command."""
+default and help wherever they appear. Options one command alone takes stay beside that command: their
+stacks look alike from command to command, but share no name, default or help, so nothing more to share."""
 
 from __future__ import annotations
 
