@@ -371,6 +371,39 @@ class LocalMlflowServe:
         return process_tree_rss_mb(self.process.pid)
 
 
+def launch_mlflow_server(
+    backend_store_uri: str, artifacts: Path, log_path: Path
+) -> tuple[subprocess.Popen, str]:
+    """Start `mlflow server` (tracking and model registry, one worker) on a free loopback port in its own
+    process group, its output appended to `log_path`; returns the process and its URL at once, before
+    it answers (wait for its /health)."""
+    (port,) = free_ports(1)
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+    ]
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner processes: faster (re)starts
+    }
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
 def process_tree_rss_mb(pid: int) -> float:
     """Resident memory of process `pid` and all its descendants, in MiB."""
     root = psutil.Process(pid)

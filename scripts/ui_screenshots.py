@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,7 +29,6 @@ from urllib.parse import quote
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
 WINDOW = "1600,1000"
 RENDER_BUDGET_MS = 15000  # virtual time Chromium gives the single-page app to fetch and render
@@ -64,30 +62,9 @@ def pages(experiment_id: str, model_name: str, run_ids: list[str], version: int)
 @contextmanager
 def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path) -> Iterator[str]:
     """`mlflow server` on a free loopback port until the block ends; yields its URL."""
-    from restar.serve_local import free_ports
+    from restar.serve_local import launch_mlflow_server
 
-    (port,) = free_ports(1)
-    command = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--artifacts-destination",
-        str(artifacts),
-    ]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "a") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+    process, url = launch_mlflow_server(backend_store_uri, artifacts, log)
     try:
         _wait_healthy(url, process, log)
         yield url

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from restar.serve_local import free_ports
+from restar.serve_local import launch_mlflow_server
 
 BIN = Path(sys.executable).parent
 
@@ -36,31 +36,9 @@ class MlflowServer:
     def start(self, timeout_s: float = 90) -> str:
         """Start (or restart) the server on a free port; returns its URL."""
         self.stop()
-        (port,) = free_ports(1)
-        self.url = f"http://127.0.0.1:{port}"
-        command = [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            self.backend_store_uri,
-            "--artifacts-destination",
-            str(self.root / "artifacts"),
-        ]
-        env = {
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner processes: faster (re)starts
-        }
-        with open(self.root / "server.log", "a") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        self.process, self.url = launch_mlflow_server(
+            self.backend_store_uri, self.root / "artifacts", self.root / "server.log"
+        )
         self._wait_healthy(timeout_s)
         return self.url
 
