@@ -234,7 +234,9 @@ class LatencyGate(Gate):
 
 
 class RankEvalParams(GateParams):
-    input: Path = Field(description="Reviews file with parent_asin, timestamp, rating and text.")
+    input: Path | list[Path] = Field(
+        description="Reviews file(s) with parent_asin, timestamp, rating and text; several are read as one."
+    )
     frozen: Path | None = Field(
         default=Path("data/frozen"), description="Frozen split: only its dev+eval products (null: no filter)."
     )

@@ -750,15 +750,17 @@ def evaluate_rankings(
 
 
 def rank_eval_file(
-    input_path: Path, model_uri: str, settings: RankEvalSettings, frozen_dir: Path | None
+    input_paths: Path | Sequence[Path], model_uri: str, settings: RankEvalSettings, frozen_dir: Path | None
 ) -> RankEvalResult:
-    """The A/B on a reviews file; `frozen_dir` None skips the held-out product filter. Input, split and
-    settings problems surface before the model loads."""
-    frame = read_reviews(input_path, REQUIRED_COLUMNS)
+    """The A/B on a reviews file (several files are read as one); `frozen_dir` None skips the held-out
+    product filter. Input, split and settings problems surface before the model loads."""
+    paths = [input_paths] if isinstance(input_paths, Path) else list(input_paths)
+    frame = pd.concat([read_reviews(path, REQUIRED_COLUMNS) for path in paths], ignore_index=True)
     product_filter = NO_FILTER if frozen_dir is None else held_out_filter(frozen_dir)
     prepared = prepare_reviews(frame, settings, product_filter)
     predict_fn = load_predict_fn(model_uri)
-    return evaluate_prepared(prepared, predict_fn, settings, model_uri, str(input_path), product_filter)
+    source = " + ".join(str(path) for path in paths)
+    return evaluate_prepared(prepared, predict_fn, settings, model_uri, source, product_filter)
 
 
 # --- writing ---

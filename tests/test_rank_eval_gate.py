@@ -75,3 +75,19 @@ def test_enforced_it_decides(candidate: int, tmp_path: Path) -> None:
     assert rejected.exit_code == 1, rejected.output
     assert "v1 rejected" in rejected.output
     assert Registry("restar").alias_version("production") is None
+
+
+def test_several_input_files_are_read_as_one(candidate: int, tmp_path: Path) -> None:
+    """The release policy names the frozen dev and eval files; a product's reviews may span both (the
+    rows name their category, as the frozen files do: else each file's name would be its category)."""
+    reviews = market().assign(category="Magazines")
+    halves = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    reviews.iloc[::2].to_json(halves[0], orient="records", lines=True)
+    reviews.iloc[1::2].to_json(halves[1], orient="records", lines=True)
+    moved = CliRunner().invoke(
+        promote_cli,
+        ["--version", str(candidate), "--policy", policy(tmp_path, input=[str(path) for path in halves])],
+    )
+    assert moved.exit_code == 0, moved.output
+    (record,) = AuditLog().history("restar")
+    assert "over 40 products" in record.gate_results[0]["detail"]
