@@ -16,7 +16,6 @@ import requests
 from click.testing import CliRunner
 
 from restar.cli import cli
-from restar.export_torchserve import export_torchserve
 from restar.serve import (
     ServeError,
     ServeHome,
@@ -32,7 +31,7 @@ from restar.serve import (
     write_state,
 )
 from restar.serve_local import MAX_SOCKET_DIR, find_nginx, torchserve_temp
-from tests.served import register_production
+from tests.served import export_production, register_production
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESTAR = Path(sys.executable).parent / "restar"
@@ -170,17 +169,7 @@ def _state(pid: int) -> ServeState:
 def model_store(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """restar.mar exported from a registry whose production version (1) is the tiny model."""
     root = tmp_path_factory.mktemp("serve_export")
-    uri = register_production(tiny_model_dir, root)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        export_torchserve(
-            "models:/restar@production",
-            root / "artifacts",
-            root / "model-store",
-            REPO_ROOT / "torchserve" / "handler.py",
-            REPO_ROOT / "torchserve" / "model-config.yaml",
-        )
-    return root / "model-store"
+    return export_production(register_production(tiny_model_dir, root), root)
 
 
 @pytest.fixture
