@@ -1,6 +1,6 @@
 # ml-app:v1 - the offline batch predictor (`restar predict`). It resolves models:/restar@production
 # through MLFLOW_TRACKING_URI at run time, so promoting a new version needs no rebuild. Built with
-# BuildKit (README "Containers" has both paths):
+# BuildKit (docs/containers.md has both paths):
 #   docker compose build predictor                       # the upstream bases and indexes
 #   docker compose run --rm predictor --input /data/reviews.csv --output /data/predictions.parquet
 # Build arguments for a restricted network: BASE_IMAGE (a local Python 3.11 base: docker/base/build.sh),

@@ -575,8 +575,8 @@ def test_a_restarted_replica_serves_again_with_its_new_key(replicas: ReplicaSet)
 def assert_reloads_lost_at_most_one_each(report: dict) -> None:
     """Both procedures reload the gateway four times (drain and undrain, two replicas). Four loaded runs
     lost nothing; CI runs lost 1 of 1,656 (roll) and 2 of 224 (renewal) requests to gateway 502s, and
-    1 of 1,596 (roll) to a dropped connection, each at a reload (cause not found yet: README
-    "Replicas"). A stale key (400) or a lost replica would fail many more, and still fails here."""
+    1 of 1,596 (roll) to a dropped connection, each at a reload (cause not found yet:
+    docs/replicas.md). A stale key (400) or a lost replica would fail many more, and still fails here."""
     assert report["failed"] <= 4, report
     assert set(report["failed_statuses"]) <= {"502", "None"}, report
 

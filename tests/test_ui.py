@@ -1,4 +1,4 @@
-"""The MLflow UI pages the README walks through, rendered by headless Chromium against a real
+"""The MLflow UI pages the docs walk through, rendered by headless Chromium against a real
 `mlflow server` holding two registered versions of the tiny model (scripts/ui_screenshots.py)."""
 
 from __future__ import annotations

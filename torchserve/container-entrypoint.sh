@@ -6,7 +6,7 @@
 # Environment:
 #   RESTAR_TS_WORKDIR   where TorchServe writes key_file.json (created when missing; default the
 #                       image's WORKDIR), as the compose replicas use it
-#   RESTAR_FOLLOW=1     follower mode (README "Serving follows production"): TorchServe starts with no
+#   RESTAR_FOLLOW=1     follower mode (docs/follow.md): TorchServe starts with no
 #                       model and config.follow.properties, and `restar follow` runs beside it,
 #                       receiving the registry's webhooks on 0.0.0.0:8765 (MLFLOW_TRACKING_URI,
 #                       RESTAR_WEBHOOK_SECRET, RESTAR_AUDIT_DB_URL; RESTAR_FOLLOW_POLL_S re-reads the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Local base images from Debian packages, for machines that cannot pull from Docker Hub (README
-# "Containers"). Each image is a debootstrap root (minbase) of one pinned Debian suite plus the
+# Local base images from Debian packages, for machines that cannot pull from Docker Hub
+# (docs/containers.md). Each image is a debootstrap root (minbase) of one pinned Debian suite plus the
 # packages below, imported with `docker import`:
 #
 #   restar-base/python:3.11-bookworm     Debian's python3 (3.11) + venv, for both Dockerfiles
