@@ -149,7 +149,7 @@ def write_release_report(
     """After a decision: `restar report` of the version (to `out`, default outputs/reports/), its path
     printed and logged to the version's run under `reports/`. The decision stands whatever happens
     here, so a failure only warns."""
-    from restar.report import write_report
+    from restar.report.release import write_report
 
     try:
         path = write_report(promoter.registry, promoter.audit, promoter.policy, decision.version, out)

@@ -264,7 +264,7 @@ class RankEvalGate(Gate):
     higher_is_better = False
 
     def check(self, candidate: VersionInfo, production: VersionInfo | None) -> GateResult:
-        from restar.rank_eval import RankEvalSettings, rank_eval_file
+        from restar.report.rank_eval import RankEvalSettings, rank_eval_file
 
         params: RankEvalParams = self.params  # type: ignore[assignment]
         settings = RankEvalSettings(min_reviews=params.min_reviews, ks=params.ks, bootstrap=params.bootstrap)
@@ -296,7 +296,7 @@ def log_rank_eval(result: Any, run_id: str | None) -> None:
 
     import mlflow
 
-    from restar.rank_eval import write_rank_eval
+    from restar.report.rank_eval import write_rank_eval
 
     with tempfile.TemporaryDirectory() as work:
         json_path = Path(work) / "rank_eval.json"

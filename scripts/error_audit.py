@@ -39,7 +39,7 @@ EXCERPT_CHARS = 600
 
 
 def score(model_dir: Path, frame: pd.DataFrame) -> np.ndarray:
-    from restar.inference import InferenceCore
+    from restar.model.inference import InferenceCore
 
     core = InferenceCore.from_dir(model_dir)
     return core.probabilities(frame["text"].tolist())

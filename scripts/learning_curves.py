@@ -2,7 +2,8 @@
 
 For each encoder and each fraction of the training rows (a seeded, class-stratified sample of
 data/raw/train.parquet), one shared recipe: the base config's `train` section, 1 epoch, with the lower
-two thirds of the encoder's layers frozen and cached once (restar.finetune.fit, the pipeline's own code).
+two thirds of the encoder's layers frozen and cached once (restar.training.finetune.fit, the
+pipeline's own code).
 Dev and eval are scored from the same cache (PyTorch fp32, argmax, natural class mix). Each point is
 written to curves.json as it finishes and points already there are skipped, so a killed study resumes.
 
@@ -27,12 +28,12 @@ import torch
 from transformers import set_seed
 
 from promotion.policy import load_policy
-from restar.bench import hardware
-from restar.calibration import softmax
+from restar.batch.bench import hardware
 from restar.config import load_run_config
-from restar.finetune import fit, load_encoder
-from restar.layer_cache import cache_lower_layers, top_layers_only, top_logits
-from restar.metrics import classification_metrics
+from restar.model.calibration import softmax
+from restar.training.finetune import fit, load_encoder
+from restar.training.layer_cache import cache_lower_layers, top_layers_only, top_logits
+from restar.training.metrics import classification_metrics
 
 SPLITS = ("train", "dev", "eval")
 

@@ -21,9 +21,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from restar import tfidf
 from restar.config import BaselineConfig, FreezeConfig, load_freeze_config, load_run_config
-from restar.freeze import clean_rows, grouped_split, read_sources
+from restar.data.freeze import clean_rows, grouped_split, read_sources
+from restar.model import tfidf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,10 +1,10 @@
 """Fine-tune variants of a run config's training settings side by side; compare them on dev and eval.
 
 Each variant is the base config's `train` section with a few keys changed (configs/sweep_full.yaml). Every
-variant trains with the pipeline's own recipe (`restar.finetune`) and keeps its best dev checkpoint, as
-`restar train` does. Choose between variants on dev accuracy: eval is reported so the gap to the release
-gate can be read, not to pick a winner. Seed variants also give the spread of one recipe, and the
-ensemble rows what averaging those seeds' probabilities would buy.
+variant trains with the pipeline's own recipe (`restar.training.finetune`) and keeps its best dev
+checkpoint, as `restar train` does. Choose between variants on dev accuracy: eval is reported so the gap
+to the release gate can be read, not to pick a winner. Seed variants also give the spread of one recipe,
+and the ensemble rows what averaging those seeds' probabilities would buy.
 
 Runs on the CPU, or on a GPU when torch sees one; there several variants share the GPU (--parallel).
 A GPU run lets a sweep that would take the 2-core dev machine a day finish in minutes.
@@ -32,10 +32,10 @@ import pandas as pd
 import yaml
 
 from promotion.policy import load_policy
-from restar.bench import hardware as bench_hardware
-from restar.calibration import softmax
+from restar.batch.bench import hardware as bench_hardware
 from restar.config import TrainConfig, load_run_config
-from restar.metrics import classification_metrics
+from restar.model.calibration import softmax
+from restar.training.metrics import classification_metrics
 
 
 def load_sweep(path: Path) -> tuple[Path, dict[str, dict]]:
@@ -59,8 +59,8 @@ def run_variant(name: str, settings: dict, pretrained: str, data: str, threads: 
     import torch
     from transformers import set_seed
 
-    from restar.finetune import fit, load_encoder
-    from restar.inference import TransformerScorer
+    from restar.model.transformer import TransformerScorer
+    from restar.training.finetune import fit, load_encoder
 
     torch.set_num_threads(threads)
     torch.backends.cuda.matmul.allow_tf32 = True  # GPU only; the CPU trains in plain fp32 either way

@@ -62,7 +62,7 @@ def pages(experiment_id: str, model_name: str, run_ids: list[str], version: int)
 @contextmanager
 def mlflow_server(backend_store_uri: str, artifacts: Path, log: Path) -> Iterator[str]:
     """`mlflow server` on a free loopback port until the block ends; yields its URL."""
-    from restar.serve_local import launch_mlflow_server
+    from restar.serving.serve_local import launch_mlflow_server
 
     process, url = launch_mlflow_server(backend_store_uri, artifacts, log)
     try:
@@ -93,8 +93,8 @@ def seed(server: str, run_dirs: list[Path], config_path: Path, data_dir: Path, w
     import mlflow
 
     from restar.config import flatten, load_run_config
-    from restar.pyfunc import log_run_model
-    from restar.register import register
+    from restar.model.pyfunc import log_run_model
+    from restar.model.register import register
     from restar.tracking import experiment_id
 
     config = load_run_config(config_path)

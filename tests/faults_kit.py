@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from restar.serve_local import launch_mlflow_server
+from restar.serving.serve_local import launch_mlflow_server
 
 BIN = Path(sys.executable).parent
 

@@ -10,11 +10,12 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from ts.context import Context, RequestProcessor
 
-from restar.fetch_model import packaged_encoder_dir
-from restar.inference import ModelMetadata
 from restar.labels import LABELS
+from restar.model.inference import ModelMetadata
+from restar.training.fetch_model import packaged_encoder_dir
 
-# What restar.metrics.classification_metrics returns, and the pipeline writes with a dev_/eval_ prefix.
+# What restar.training.metrics.classification_metrics returns, and the pipeline writes with a
+# dev_/eval_ prefix.
 METRIC_NAMES = (
     "accuracy",
     "macro_f1",

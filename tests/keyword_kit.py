@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from restar.inference import decide
+from restar.batch.predictor import PredictFn
 from restar.labels import DEFAULT_ABSTAIN_THRESHOLD
-from restar.predictor import PredictFn
+from restar.model.inference import decide
 
 Probs = tuple[float, float, float]  # negative, neutral, positive
 

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from restar.serve_local import free_ports
+from restar.serving.serve_local import free_ports
 
 USER = "restar"
 SCHEME = "postgresql+psycopg2"  # as docker-compose.yml names it: SQLAlchemy 2.1 alone would pick psycopg 3

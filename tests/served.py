@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from registry.service import PRODUCTION, Registry
-from restar.export_torchserve import export_torchserve
-from restar.pyfunc import log_pyfunc
-from restar.serve_local import LocalTorchServe, torchserve
+from restar.model.pyfunc import log_pyfunc
+from restar.serving.export_torchserve import export_torchserve
+from restar.serving.serve_local import LocalTorchServe, torchserve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

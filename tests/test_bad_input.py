@@ -21,10 +21,10 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException
 
-from restar.inference import InferenceCore
+from restar.batch.predictor import PredictorError, predict_file
 from restar.labels import ABSTAIN
-from restar.predictor import PredictorError, predict_file
-from restar.serve_local import LocalTorchServe
+from restar.model.inference import InferenceCore
+from restar.serving.serve_local import LocalTorchServe
 from tests.helpers import strict_json
 from tests.served import logged_pyfunc, register_production, serve_production
 

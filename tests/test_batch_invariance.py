@@ -3,7 +3,7 @@
 For every backend of every kind we ship: alone, in batches of 1 to 64, in any order, with any padding
 (texts of very different lengths side by side), through the inference core, the pyfunc, the local
 predictor and a real TorchServe batching requests from concurrent clients. fp32 backends agree within
-1e-5; the int8 backend, which scores each text alone (restar.onnx_backend.ALONE_BACKENDS), bit for bit.
+1e-5; the int8 backend, which scores each text alone (restar.model.onnx_scorer.ALONE_BACKENDS), bit for bit.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from restar.batch.predictor import predict_file
 from restar.config import BaselineConfig
-from restar.inference import InferenceCore, ModelMetadata
 from restar.labels import LABELS, rating_to_label
-from restar.onnx_backend import ALONE_BACKENDS, convert
-from restar.predictor import predict_file
-from restar.serve_local import torchserve
-from restar.tfidf import KIND, fit
+from restar.model.inference import InferenceCore, ModelMetadata
+from restar.model.onnx_export import convert
+from restar.model.onnx_scorer import ALONE_BACKENDS
+from restar.model.tfidf import KIND, fit
+from restar.serving.serve_local import torchserve
 from tests.served import export_production, logged_pyfunc, register_production
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

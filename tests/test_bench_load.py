@@ -15,7 +15,7 @@ from typing import ClassVar
 import pytest
 import yaml
 
-from restar.json_requests import parse_body
+from restar.serving.json_requests import parse_body
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))

@@ -25,8 +25,8 @@ import yaml
 from cryptography.fernet import Fernet
 
 from registry.service import Registry
-from restar.pyfunc import log_pyfunc
-from restar.serve_local import free_ports
+from restar.model.pyfunc import log_pyfunc
+from restar.serving.serve_local import free_ports
 from tests import docker_kit
 from tests.helpers import make_tiny_model
 from tests.test_follow import Load

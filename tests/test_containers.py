@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from restar.serve_local import render_gateway_config
+from restar.serving.serve_local import render_gateway_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -177,7 +177,7 @@ def test_container_gateway_config_is_the_rendered_template() -> None:
     shipped = (REPO_ROOT / "torchserve" / "nginx.container.conf").read_text()
     assert shipped == expected, (
         "torchserve/nginx.container.conf is stale: regenerate it with "
-        "render_gateway_config('torchserve:8080', listen='0.0.0.0:8000') from restar.serve_local"
+        "render_gateway_config('torchserve:8080', listen='0.0.0.0:8000') from restar.serving.serve_local"
     )
     container = (REPO_ROOT / "torchserve" / "config.container.properties").read_text()
     assert "inference_address=http://0.0.0.0:8080" in container.splitlines()

@@ -1,4 +1,4 @@
-"""restar.determinism: the measurement the evaluate stage records and the release report shows."""
+"""restar.model.determinism: the measurement the evaluate stage records and the release report shows."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from restar import determinism
-from restar.inference import InferenceCore
-from restar.onnx_backend import convert
+from restar.model import determinism
+from restar.model.inference import InferenceCore
+from restar.model.onnx_export import convert
 
 TEXTS = [
     "Great.",

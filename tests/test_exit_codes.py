@@ -18,7 +18,7 @@ import yaml
 
 from registry.audit import AuditLog
 from registry.service import Registry
-from restar.pyfunc import log_pyfunc
+from restar.model.pyfunc import log_pyfunc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -23,10 +23,10 @@ from registry.audit import AuditLog
 from registry.service import Registry
 from restar.cli import cli as restar_cli
 from restar.config import BaselineConfig
-from restar.inference import ModelMetadata
 from restar.labels import LABELS, rating_to_label
-from restar.pyfunc import log_pyfunc
-from restar.tfidf import KIND, fit
+from restar.model.inference import ModelMetadata
+from restar.model.pyfunc import log_pyfunc
+from restar.model.tfidf import KIND, fit
 from tests.faults_kit import MlflowServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_export_refuses_production_set_outside_the_gates_unless_forced(
     assert "--force" in refused.output
     assert (tmp_path / "m" / "restar.mar").read_bytes() == archive_before  # nothing was rebuilt
 
-    with caplog.at_level(logging.WARNING, logger="restar.export_torchserve"):
+    with caplog.at_level(logging.WARNING, logger="restar.serving.export_torchserve"):
         forced = export(server, tmp_path, "--force")
     assert forced.exit_code == 0, forced.output
     assert json.loads(forced.stdout)["promotion"] == "unaudited, forced"

@@ -30,12 +30,12 @@ from registry.audit import AuditLog
 from registry.service import Registry
 from restar.cli import cli as restar_cli
 from restar.config import BaselineConfig
-from restar.inference import ModelMetadata
 from restar.labels import LABELS, rating_to_label
+from restar.model.inference import ModelMetadata
+from restar.model.pyfunc import log_pyfunc
+from restar.model.tfidf import KIND, fit
 from restar.output_files import atomic_file
-from restar.pyfunc import log_pyfunc
-from restar.serve_local import free_ports
-from restar.tfidf import KIND, fit
+from restar.serving.serve_local import free_ports
 from tests.faults_kit import BIN, KillingProxy, KillPoint, MlflowServer, can_mount_tmpfs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from restar import packaged_encoders
 from restar.config import PACKAGED_ENCODER, ModelConfig
-from restar.fetch_model import ModelSourceError, describe_source, fetch_model
+from restar.training import packaged_encoders
+from restar.training.fetch_model import ModelSourceError, describe_source, fetch_model
 
 
 def test_provenance_names_no_path_of_this_machine(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from restar.finetune import class_weights, to_dataset, weighted_loss
+from restar.training.finetune import class_weights, to_dataset, weighted_loss
 
 
 def test_class_weights_favour_rare_classes_and_average_one() -> None:

@@ -27,7 +27,8 @@ from promotion.policy import Policy
 from promotion.promote import Promoter
 from registry.audit import AuditLog
 from registry.service import Registry
-from restar.follow import (
+from restar.model.pyfunc import log_pyfunc
+from restar.serving.follow import (
     DELIVERY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -43,8 +44,7 @@ from restar.follow import (
     sign,
     verify,
 )
-from restar.pyfunc import log_pyfunc
-from restar.serve_local import (
+from restar.serving.serve_local import (
     LocalTorchServe,
     free_ports,
     launch_torchserve,

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from restar.config import CleanConfig, FreezeConfig, SourceConfig, SplitConfig
-from restar.freeze import (
+from restar.data.freeze import (
     DATA_DIR_ENV,
     DataSourceError,
     clean_rows,

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from restar.serve_local import (
+from restar.serving.serve_local import (
     GATEWAY_TEMPLATE,
     GatewayError,
     LocalGateway,

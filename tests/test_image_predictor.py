@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from restar.config import SourceConfig
-from restar.freeze import DATA_DIR_ENV, read_category
+from restar.data.freeze import DATA_DIR_ENV, read_category
 from tests import docker_kit
 from tests.faults_kit import MlflowServer
 from tests.served import publish_production

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from restar.config import SourceConfig
-from restar.freeze import DATA_DIR_ENV, read_category
+from restar.data.freeze import DATA_DIR_ENV, read_category
 from tests import docker_kit
 from tests.upstream_rows import CATEGORY
 

@@ -1,4 +1,4 @@
-"""Reviews whose text contradicts their stars (restar.inconsistencies, `restar inconsistencies`).
+"""Reviews whose text contradicts their stars (restar.report.inconsistencies, `restar inconsistencies`).
 
 A keyword predictor stands in for the model, so which reviews contradict their stars is known by
 construction: "awful" reads negative (0.9), "great" positive (0.9, or 0.7 with "rather"), "okay" neutral,
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from restar import inconsistencies
 from restar.cli import cli as restar_cli
-from restar.inconsistencies import (
+from restar.report import inconsistencies
+from restar.report.inconsistencies import (
     PredictorError,
     contradicts,
     file_category,
@@ -178,7 +178,7 @@ def test_the_category_comes_from_the_file_name(tmp_path: Path) -> None:
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The model URIs the command loaded; each load gives the keyword predictor."""
-    return record_loads(monkeypatch, "restar.predictor.load_predict_fn", keyword_predict)
+    return record_loads(monkeypatch, "restar.batch.predictor.load_predict_fn", keyword_predict)
 
 
 def run(group: click.Group, *args: str):

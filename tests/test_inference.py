@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from restar.calibration import expected_calibration_error, fit_calibration, fit_temperature, softmax
-from restar.inference import InferenceCore, ModelMetadata, decide, is_blank, padded_batches
 from restar.labels import ABSTAIN, LABELS, OUTPUT_COLUMNS
-from restar.metrics import calibrate_on_dev, classification_metrics
+from restar.model.calibration import expected_calibration_error, fit_calibration, fit_temperature, softmax
+from restar.model.inference import InferenceCore, ModelMetadata, decide, is_blank, padded_batches
+from restar.training.metrics import calibrate_on_dev, classification_metrics
 from tests.helpers import METRIC_NAMES
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, MPNetConfig
 
-from restar import layer_cache
-from restar.fetch_model import packaged_encoder_dir
-from restar.finetune import load_encoder
-from restar.inference import TransformerScorer
-from restar.layer_cache import cache_lower_layers, top_layers_only, top_logits
+from restar.model.transformer import TransformerScorer
+from restar.training import layer_cache
+from restar.training.fetch_model import packaged_encoder_dir
+from restar.training.finetune import load_encoder
+from restar.training.layer_cache import cache_lower_layers, top_layers_only, top_logits
 
 TEXTS = [
     "Great product, love it! Works every day.",

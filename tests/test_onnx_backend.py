@@ -12,12 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-from restar.fetch_model import packaged_encoder_dir
-from restar.inference import InferenceCore, ModelMetadata, TransformerScorer
+from restar.batch.predictor import predict_file
 from restar.labels import LABELS
-from restar.onnx_backend import ONNX_FILES, OnnxScorer, convert, serving_files
-from restar.predictor import predict_file
-from restar.pyfunc import log_pyfunc
+from restar.model.inference import InferenceCore, ModelMetadata
+from restar.model.onnx_export import convert, serving_files
+from restar.model.onnx_scorer import ONNX_FILES, OnnxScorer
+from restar.model.pyfunc import log_pyfunc
+from restar.model.transformer import TransformerScorer
+from restar.training.fetch_model import packaged_encoder_dir
 
 TEXTS = [
     "Absolutely love this subscription box, great value!",

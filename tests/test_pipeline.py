@@ -206,8 +206,8 @@ def test_export_stage_packs_the_production_version(pipeline) -> None:
 
 
 def test_onnx_backends_stay_within_half_a_point_on_the_eval_split(pipeline, tmp_path: Path) -> None:
-    from restar.inference import InferenceCore
-    from restar.onnx_backend import convert
+    from restar.model.inference import InferenceCore
+    from restar.model.onnx_export import convert
 
     project, _ = pipeline
     frame = pd.read_parquet(project / "data" / "frozen" / "eval.parquet")  # the whole grouped eval split

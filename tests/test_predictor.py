@@ -12,10 +12,10 @@ import pytest
 
 from registry.errors import VersionNotFound
 from registry.service import RegistryUnavailable
-from restar.inference import InferenceCore
+from restar.batch.predictor import PredictorError, predict_file, predict_frame
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
-from restar.predictor import PredictorError, predict_file, predict_frame
-from restar.pyfunc import log_pyfunc
+from restar.model.inference import InferenceCore
+from restar.model.pyfunc import log_pyfunc
 from tests.faults_kit import MlflowServer
 
 HARD_TEXTS = [

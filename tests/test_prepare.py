@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from restar.config import FreezeConfig, PrepareConfig, SourceConfig
-from restar.freeze import DATA_DIR_ENV, freeze
-from restar.prepare import prepare
+from restar.data.freeze import DATA_DIR_ENV, freeze
+from restar.data.prepare import prepare
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from restar.inference import InferenceCore
-from restar.json_requests import MAX_TEXTS, parse_body
 from restar.labels import ABSTAIN
+from restar.model.inference import InferenceCore
+from restar.serving.json_requests import MAX_TEXTS, parse_body
 from tests.helpers import batch_context, load_handler, strict_json
 
 PROBS = ["p_neg", "p_neu", "p_pos"]

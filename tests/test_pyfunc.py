@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from restar.config import CleanConfig
-from restar.freeze import clean_rows
-from restar.inference import InferenceCore, decide
+from restar.data.freeze import clean_rows
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
-from restar.pyfunc import log_pyfunc
+from restar.model.inference import InferenceCore, decide
+from restar.model.pyfunc import log_pyfunc, save_pyfunc
 from tests.served import logged_pyfunc, predict_in_fresh_process
 from tests.upstream_rows import markup_rows
 
@@ -54,6 +54,22 @@ def test_logged_model_carries_calibration_and_no_pickle(tiny_model_dir: Path, tr
     assert metadata["temperature"] == 1.3
 
 
+def test_a_version_saved_before_the_subpackages_still_loads(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Versions registered before restar/ had subpackages carry an entry script importing
+    `restar.pyfunc`; they still load, and answer as the core does."""
+    saved = tmp_path / "old_version"
+    save_pyfunc(tiny_model_dir, saved)
+    entry = saved / "pyfunc_entry.py"
+    entry.write_text(
+        entry.read_text().replace("from restar.model.pyfunc import", "from restar.pyfunc import")
+    )
+    assert "from restar.pyfunc import RestarPyfunc" in entry.read_text()
+
+    served = predict_in_fresh_process(str(saved), TEXTS)
+    local = InferenceCore.from_dir(tiny_model_dir).predict(TEXTS)
+    assert served["label"].tolist() == local["label"].tolist()
+
+
 @pytest.fixture(scope="module")
 def logged_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return logged_pyfunc(tiny_model_dir, tmp_path_factory.mktemp("pyfunc_store"))
@@ -65,7 +81,8 @@ def test_pyfunc_on_raw_upstream_rows_predicts_what_evaluate_scores_on_frozen_row
     raw = markup_rows(reviews_dir)  # upstream rows as they come: raw HTML, entities, rating titles, empty
     frozen, _ = clean_rows(raw, CleanConfig())  # the freeze code path; keeps the raw rows' index
 
-    # As restar.evaluate scores the frozen eval split: logits of the frozen texts, calibrated, abstention.
+    # As restar.training.evaluate scores the frozen eval split: logits of the frozen texts,
+    # calibrated, abstention.
     core = InferenceCore.from_dir(tiny_model_dir, batch_size=64)
     calibrated = core.calibrate(core.logits(frozen["text"].tolist()))
     expected = decide(calibrated, core.metadata.abstain_threshold, core.metadata.labels)

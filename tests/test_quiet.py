@@ -18,13 +18,13 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
-from restar.calibration import fit_calibration
 from restar.config import TrainConfig
-from restar.evaluate import HEADLINE_METRICS, headline_metrics
-from restar.fetch_model import packaged_encoder_dir
-from restar.finetune import build_trainer, load_encoder, to_dataset
-from restar.inference import InferenceCore, model_kinds
-from restar.onnx_backend import convert
+from restar.model.calibration import fit_calibration
+from restar.model.inference import InferenceCore, model_kinds
+from restar.model.onnx_export import convert
+from restar.training.evaluate import HEADLINE_METRICS, headline_metrics
+from restar.training.fetch_model import packaged_encoder_dir
+from restar.training.finetune import build_trainer, load_encoder, to_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMERS_NOISE = ("LOAD REPORT", "MISSING", "UNEXPECTED", "Loading weights")
@@ -73,7 +73,7 @@ def test_the_new_head_is_reported_once_in_our_words(
     with caplog.at_level(logging.INFO, logger="restar"), no_warnings():
         load_encoder(packaged_encoder_dir())
     assert_no_transformers_report(capfd)
-    messages = [r.getMessage() for r in caplog.records if r.name == "restar.finetune"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "restar.training.finetune"]
     assert len([m for m in messages if m.startswith("new 3-class head")]) == 1
     assert "classifier.bias, classifier.weight" in messages[0]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -1,4 +1,4 @@
-"""The offline ranking A/B (restar.rank_eval, `restar rank-eval`).
+"""The offline ranking A/B (restar.report.rank_eval, `restar rank-eval`).
 
 Most tests use a keyword predictor whose answer is known by construction ("awful" reads negative, "great"
 positive, "okay" neutral, anything else abstains), so the expected rankings follow from the data; one test
@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from restar import rank_eval
+from restar.batch.predictor import PredictorError, load_predict_fn
 from restar.cli import cli as restar_cli
 from restar.labels import ABSTAIN, LABELS
-from restar.predictor import PredictorError, load_predict_fn
-from restar.rank_eval import (
+from restar.report import rank_eval
+from restar.report.rank_eval import (
     LOWERS_TARGET,
     NO_DIFFERENCE,
     TOO_FEW,
@@ -459,7 +459,7 @@ def test_real_model_answers_every_observed_review(
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The model URIs the command loaded; each load gives the keyword predictor."""
-    return record_loads(monkeypatch, "restar.rank_eval.load_predict_fn", keyword_predict)
+    return record_loads(monkeypatch, "restar.report.rank_eval.load_predict_fn", keyword_predict)
 
 
 def write_jsonl_gz(path: Path, frame: pd.DataFrame) -> Path:

@@ -15,7 +15,7 @@ from promotion.cli import cli as promote_cli
 from registry.audit import AuditLog
 from registry.service import Registry
 from restar.cli import cli as restar_cli
-from restar.pyfunc import log_pyfunc
+from restar.model.pyfunc import log_pyfunc
 from tests.test_rank_eval import market
 
 

@@ -22,7 +22,7 @@ RECORDS = {  # config -> the run folder of its committed record
     "smoke": REPO_ROOT / "outputs" / "dvc_run",
 }
 TOLERANCE_PP = 0.1  # scripts/bench_speed.py ACCURACY_TOLERANCE_PP
-INVARIANCE = 1e-5  # restar/determinism.py TOLERANCE
+INVARIANCE = 1e-5  # restar/model/determinism.py TOLERANCE
 
 
 def metrics(run_dir: Path) -> dict[str, float]:

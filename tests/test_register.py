@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from registry.service import Registry
-from restar.register import git_commit, pipeline_outputs
+from restar.model.register import git_commit, pipeline_outputs
 
 PIPELINE = {
     "stages": {

@@ -1,4 +1,5 @@
-"""TorchServe replicas behind the replica gateway (torchserve/nginx.replicas.conf, restar/replicas.py).
+"""TorchServe replicas behind the replica gateway (torchserve/nginx.replicas.conf,
+restar/serving/replicas.py).
 
 Fast: the rendering, the shell renderer docker-compose uses, and a real nginx in front of two small
 HTTP servers that check their own keys as TorchServe does. Slow: two real TorchServe processes behind
@@ -24,7 +25,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from restar.replicas import (
+from restar.serving.replicas import (
     TEMPLATE,
     ReplicaError,
     ReplicaSet,
@@ -40,7 +41,7 @@ from restar.replicas import (
     stop_process_group,
     write_gateway_config,
 )
-from restar.serve_local import free_ports
+from restar.serving.serve_local import free_ports
 from tests.served import REPO_ROOT, export_production, register_production
 
 SCRIPT = REPO_ROOT / "torchserve" / "gateway-replicas.sh"

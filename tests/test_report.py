@@ -23,11 +23,11 @@ from PIL import Image
 from promotion.cli import cli as promote_cli
 from registry.service import Registry
 from restar.cli import cli as restar_cli
-from restar.evaluate import PLOT_FILES, evaluate
 from restar.labels import rating_to_label
-from restar.pyfunc import log_pyfunc
-from restar.register import lineage_description, lineage_tags
-from restar.report import PLOTS
+from restar.model.pyfunc import log_pyfunc
+from restar.model.register import lineage_description, lineage_tags
+from restar.report.release import PLOTS
+from restar.training.evaluate import PLOT_FILES, evaluate
 from tests.synthetic_reviews import review
 
 CHROMIUM = Path("/usr/bin/chromium")

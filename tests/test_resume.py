@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from restar.finetune import last_whole_checkpoint
+from restar.training.finetune import last_whole_checkpoint
 
 pytestmark = pytest.mark.slow
 

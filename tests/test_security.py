@@ -34,8 +34,8 @@ from promotion.cli import cli as promote_cli
 from promotion.promote import default_actor
 from registry.audit import AuditLog
 from registry.service import Registry
-from restar.pyfunc import log_run_model
-from restar.serve_local import free_ports
+from restar.model.pyfunc import log_run_model
+from restar.serving.serve_local import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -166,7 +166,7 @@ def grant(server: AuthServer, user: str, model: str, permission: str) -> None:
 
 @pytest.fixture(scope="module")
 def registered(auth_server: AuthServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """As the admin: the tiny model logged into a run (restar.pyfunc.log_run_model, as `restar convert`
+    """As the admin: the tiny model logged into a run (restar.model.pyfunc.log_run_model, as `restar convert`
     does) and registered twice (registry.Registry.register, as `restar register` does); `production`
     on v1, `staging` on v2; `releaser` may edit the registered model."""
     out_dir = tmp_path_factory.mktemp("run")

@@ -16,7 +16,7 @@ import requests
 from click.testing import CliRunner
 
 from restar.cli import cli
-from restar.serve import (
+from restar.serving.serve import (
     ServeError,
     ServeHome,
     ServeState,
@@ -30,7 +30,7 @@ from restar.serve import (
     torchserve_log_config,
     write_state,
 )
-from restar.serve_local import MAX_SOCKET_DIR, find_nginx, torchserve_temp
+from restar.serving.serve_local import MAX_SOCKET_DIR, find_nginx, torchserve_temp
 from tests.served import export_production, register_production
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from registry.errors import VersionNotFound
-from restar import spark_predictor
+from restar.batch import spark_predictor
+from restar.batch.predictor import PredictorError, predict_file
+from restar.batch.spark_predictor import predict_file_spark, read_input, spark_session
 from restar.cli import cli
 from restar.labels import OUTPUT_COLUMNS
-from restar.predictor import PredictorError, predict_file
-from restar.pyfunc import save_pyfunc
-from restar.spark_predictor import predict_file_spark, read_input, spark_session
+from restar.model.pyfunc import save_pyfunc
 from tests.served import register_production
 
 pytestmark = pytest.mark.slow  # a JVM and Python workers: about a minute and a half in all

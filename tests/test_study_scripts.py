@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from restar.config import PACKAGED_ENCODER, ModelConfig
-from restar.fetch_model import fetch_model
+from restar.training.fetch_model import fetch_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from restar.config import CleanConfig
-from restar.freeze import clean_rows
-from restar.json_requests import parse_body
-from restar.text import clean_markup, compose_text, prepare_text, prepare_texts
+from restar.data.freeze import clean_rows
+from restar.data.text import clean_markup, compose_text, prepare_text, prepare_texts
+from restar.serving.json_requests import parse_body
 from tests.helpers import batch_context, load_handler, strict_json
 from tests.upstream_rows import markup_rows
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from restar.config import BaselineConfig
-from restar.inference import InferenceCore, ModelMetadata, model_kinds
 from restar.labels import ABSTAIN, OUTPUT_COLUMNS
-from restar.pyfunc import log_pyfunc
-from restar.tfidf import TfidfScorer, fit
+from restar.model.inference import InferenceCore, ModelMetadata, model_kinds
+from restar.model.pyfunc import log_pyfunc
+from restar.model.tfidf import TfidfScorer, fit
 from tests.served import predict_in_fresh_process
 
 TEXTS = ["love it, works great", "broke after a day, awful", "it is okay I guess", "", "great value"]

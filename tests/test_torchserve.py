@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from registry.service import VersionNotFound
-from restar.export_torchserve import ExportError, export_torchserve
-from restar.serve_local import LocalTorchServe, torchserve
+from restar.serving.export_torchserve import ExportError, export_torchserve
+from restar.serving.serve_local import LocalTorchServe, torchserve
 from tests.served import register_production, serve_production
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from restar.config import SourceConfig
-from restar.freeze import DATA_DIR_ENV, read_category
+from restar.data.freeze import DATA_DIR_ENV, read_category
 
 CATEGORY = "Subscription_Boxes"
 

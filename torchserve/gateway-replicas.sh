@@ -1,6 +1,6 @@
 #!/bin/sh
 # The replica gateway of docker-compose (service gateway-replicas, image nginx:1.27-alpine: no Python).
-# Renders torchserve/nginx.replicas.conf exactly as restar.replicas.render_replica_gateway does (a test
+# Renders torchserve/nginx.replicas.conf exactly as restar.serving.replicas.render_replica_gateway does (a test
 # compares the two) from each replica's key_file.json, runs nginx, and keeps the config current:
 #   every RESTAR_CHECK_S seconds (2) it renders again and reloads nginx when something changed (a
 #   replica restarted: new keys); every RESTAR_RENEW_S seconds (2700) it asks each replica for a new

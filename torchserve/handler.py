@@ -2,8 +2,8 @@
 
 Accepts `{"text": "..."}` (answers one object) or `{"texts": [...]}` (answers a list), and
 TorchServe's dynamic batches of such requests; a review may carry its upstream `title` beside `text`
-(see `restar.json_requests`). All model logic, text preparation included, is the inference core
-(`restar.inference`); this file only speaks TorchServe.
+(see `restar.serving.json_requests`). All model logic, text preparation included, is the inference core
+(`restar.model.inference`); this file only speaks TorchServe.
 
 Every request of a batch is answered on its own: a bad request gets a 4xx JSON error naming the
 problem, and neither it nor a failing forward pass can cost the other requests of its batch.
@@ -22,8 +22,8 @@ from typing import Any
 
 from ts.torch_handler.base_handler import BaseHandler
 
-from restar.inference import InferenceCore
-from restar.json_requests import ParsedRequest, parse_body
+from restar.model.inference import InferenceCore
+from restar.serving.json_requests import ParsedRequest, parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class RestarHandler(BaseHandler):
 
     def initialize(self, context) -> None:
         # The worker reads this for every request: bodies then arrive as the client's bytes, and one
-        # strict parser (restar.json_requests) judges them all, whatever their Content-Type says.
+        # strict parser (restar.serving.json_requests) judges them all, whatever their Content-Type says.
         os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
         model_dir = Path(context.system_properties["model_dir"])
         settings = (context.model_yaml_config or {}).get("handler") or {}

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from restar.predictor import PredictFn
+from restar.batch.predictor import PredictFn
 
 
 def cpu_model() -> str:

@@ -1,7 +1,7 @@
 """Offline batch prediction: a CSV/Parquet/JSON Lines file with a `text` column in, predictions out.
 
 Upstream rows may carry their `title` too: both go to the model, which prepares them as the training
-data was prepared (restar.text).
+data was prepared (restar.data.text).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from restar.data.text import TEXT_COLUMN, TITLE_COLUMN
 from restar.errors import RestarError
-from restar.inference import METADATA_FILE, InferenceCore, is_blank
 from restar.labels import OUTPUT_COLUMNS, OUTPUT_TYPES, PROBABILITY_COLUMNS
+from restar.model.inference import METADATA_FILE, InferenceCore, is_blank
 from restar.output_files import atomic_file, write_error
-from restar.text import TEXT_COLUMN, TITLE_COLUMN
 
 if TYPE_CHECKING:
     import mlflow.pyfunc

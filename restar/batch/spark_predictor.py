@@ -1,6 +1,6 @@
 """Distributed batch prediction: `restar predict --engine spark`.
 
-The same input checks, output columns, row order and output formats as restar.predictor; the rows are
+The same input checks, output columns, row order and output formats as restar.batch.predictor; the rows are
 scored by `mlflow.pyfunc.spark_udf` on any Spark master (`local[*]` by default).
 """
 
@@ -23,10 +23,7 @@ from pyspark.errors import PySparkException, PythonException
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
-from restar.inference import METADATA_FILE
-from restar.labels import OUTPUT_COLUMNS, OUTPUT_TYPES
-from restar.output_files import atomic_file, staging_dir, write_error
-from restar.predictor import (
+from restar.batch.predictor import (
     ChunkWriter,
     PredictorError,
     check_input_file,
@@ -37,7 +34,10 @@ from restar.predictor import (
     predict_frame,
     unreadable_error,
 )
-from restar.text import TEXT_COLUMN, TITLE_COLUMN
+from restar.data.text import TEXT_COLUMN, TITLE_COLUMN
+from restar.labels import OUTPUT_COLUMNS, OUTPUT_TYPES
+from restar.model.inference import METADATA_FILE
+from restar.output_files import atomic_file, staging_dir, write_error
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +85,7 @@ def resolve_model(model_uri: str, work: Path) -> Path:
     during the job. A Re*Star model folder is saved as a pyfunc first.
     """
     if (Path(model_uri) / METADATA_FILE).is_file():
-        from restar.pyfunc import save_pyfunc
+        from restar.model.pyfunc import save_pyfunc
 
         save_pyfunc(Path(model_uri), work / "model")
         return work / "model"
@@ -155,7 +155,7 @@ def in_order_partitions(frame: DataFrame, partitions: int) -> DataFrame:
 
 
 def as_string(frame: DataFrame, column: str) -> Column:
-    """What restar.predictor.as_strings does: a string column, "" for missing values."""
+    """What restar.batch.predictor.as_strings does: a string column, "" for missing values."""
     return F.coalesce(frame[column].cast("string"), F.lit("")).alias(column)
 
 

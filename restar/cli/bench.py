@@ -66,8 +66,8 @@ def bench_command(
     """
     import torch
 
-    from restar.bench import measure_latency, sample_texts
-    from restar.predictor import load_predict_fn
+    from restar.batch.bench import measure_latency, sample_texts
+    from restar.batch.predictor import load_predict_fn
 
     if threads is not None:
         torch.set_num_threads(threads)  # before loading: ONNX Runtime sessions take torch's count

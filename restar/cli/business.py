@@ -1,9 +1,9 @@
 """`restar rank-eval` and `restar inconsistencies`: the business questions of issue 25 on the command line.
 
-Thin commands over restar.rank_eval and restar.inconsistencies, with the same options, errors and exit
-codes as `restar predict`: 0 done, 1 unusable input, split folder or model, 2 bad usage, 3 registry problem,
-6 an output could not be written (nothing is left). Heavy modules (pandas, torch, MLflow, matplotlib) load
-inside the commands, so `restar --help` stays fast.
+Thin commands over restar.report.rank_eval and restar.report.inconsistencies, with the same options,
+errors and exit codes as `restar predict`: 0 done, 1 unusable input, split folder or model, 2 bad usage, 3
+registry problem, 6 an output could not be written (nothing is left). Heavy modules (pandas, torch,
+MLflow, matplotlib) load inside the commands, so `restar --help` stays fast.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from restar.cli.errors import user_errors
 from restar.cli.options import FILE, FOLDER, json_option, model_uri_option, out_file_option
 
 if TYPE_CHECKING:
-    from restar.rank_eval import RankEvalResult
+    from restar.report.rank_eval import RankEvalResult
 
 
 def input_option(command: Callable) -> Callable:
@@ -129,7 +129,12 @@ def rank_eval_command(
     Example, a file outside the frozen data:
         restar rank-eval --no-split-filter --input Magazine_Subscriptions_5.jsonl.gz --out mags.json
     """
-    from restar.rank_eval import RankEvalSettings, check_output_path, rank_eval_file, write_rank_eval
+    from restar.report.rank_eval import (
+        RankEvalSettings,
+        check_output_path,
+        rank_eval_file,
+        write_rank_eval,
+    )
 
     settings = RankEvalSettings(
         observed_fraction=observed_fraction,
@@ -217,14 +222,14 @@ def inconsistencies_command(
     \b
     Example: restar inconsistencies --input reviews.jsonl.gz --out contradictions.csv
     """
-    from restar.inconsistencies import (
+    from restar.batch.predictor import load_predict_fn
+    from restar.report.inconsistencies import (
         REQUIRED_COLUMNS,
         check_output_path,
         find_inconsistencies,
         read_reviews,
         write_contradictions,
     )
-    from restar.predictor import load_predict_fn
 
     check_output_path(out_path)
     frame = read_reviews(input_path, REQUIRED_COLUMNS)  # input problems surface before the model loads

@@ -1,4 +1,4 @@
-"""`restar follow`: serve what `production` holds, a thin command over restar.follow."""
+"""`restar follow`: serve what `production` holds, a thin command over restar.serving.follow."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 
 from restar.cli.options import audit_db_option, model_store_option
 from restar.errors import RestarError
-from restar.follow import REPO_ROOT, FollowSettings, build_follower, create_webhook, run
+from restar.serving.follow import REPO_ROOT, FollowSettings, build_follower, create_webhook, run
 
 
 @click.command("follow")

@@ -41,7 +41,7 @@ def fetch_model_command(config_path: Path, out_dir: Path) -> None:
 
     Example: restar fetch-model --config configs/full.yaml
     """
-    from restar.fetch_model import fetch_model
+    from restar.training.fetch_model import fetch_model
 
     fetch_model(load_run_config(config_path).model, out_dir)
     click.echo(f"pretrained encoder written to {out_dir}")
@@ -66,7 +66,7 @@ def freeze_command(config_path: Path, out_dir: Path, as_json: bool) -> None:
 
     Example: RESTAR_DATA_DIR=../shared/data/amazon_reviews_2023 restar freeze
     """
-    from restar.freeze import freeze
+    from restar.data.freeze import freeze
 
     stats = freeze(load_freeze_config(config_path), out_dir)
     report(
@@ -96,7 +96,7 @@ def prepare_command(config_path: Path, frozen_dir: Path, out_dir: Path, as_json:
 
     Example: restar prepare --config configs/smoke.yaml
     """
-    from restar.prepare import prepare
+    from restar.data.prepare import prepare
 
     stats = prepare(load_run_config(config_path).prepare, frozen_dir, out_dir)
     report({"rows": stats["rows"]}, as_json)
@@ -133,7 +133,7 @@ def train_command(
     Example: restar train --config configs/smoke.yaml
     """
     from restar.tracking import configure_tracking
-    from restar.train import train
+    from restar.training.train import train
 
     config = load_run_config(config_path)
     configure_tracking()  # an unreachable tracking server stops here, before train.log is written
@@ -181,7 +181,7 @@ def convert_command(
 
     Example: restar convert --config configs/smoke.yaml
     """
-    from restar.convert import convert_checkpoint
+    from restar.training.convert import convert_checkpoint
 
     config = load_run_config(config_path)
     report(convert_checkpoint(config, config_path, checkpoint, data_dir, out_dir), as_json)
@@ -198,7 +198,7 @@ def train_baseline_command(config_path: Path, data_dir: Path, out_dir: Path, as_
 
     Example: restar train-baseline --config configs/smoke.yaml
     """
-    from restar.tfidf import train_baseline
+    from restar.training.baseline import train_baseline
 
     report(train_baseline(load_run_config(config_path), config_path, data_dir, out_dir), as_json)
 
@@ -225,7 +225,7 @@ def evaluate_command(model_dir: Path, data_dir: Path, out_dir: Path, as_json: bo
 
     Example: restar evaluate
     """
-    from restar.evaluate import evaluate
+    from restar.training.evaluate import evaluate
 
     report(evaluate(model_dir, data_dir, out_dir), as_json)
 
@@ -252,7 +252,7 @@ def register_command(
     Example: restar register --config configs/smoke.yaml
     """
     from registry.cli import describe
-    from restar.register import register
+    from restar.model.register import register
 
     version = register(load_run_config(config_path), config_path, run_dir, data_dir, alias)
     record = describe(version)
@@ -376,7 +376,7 @@ def export_torchserve_command(
 
     Example: restar export-torchserve --model-uri models:/restar@production
     """
-    from restar.export_torchserve import PromotionGuard, export_torchserve
+    from restar.serving.export_torchserve import PromotionGuard, export_torchserve
 
     guard = PromotionGuard(audit_url, force)
     report(

@@ -88,8 +88,8 @@ def predict_command(
                   --input reviews.parquet --output predictions.parquet
     """
     if engine == "spark":
-        from restar.predictor import check_input_file, file_format
-        from restar.spark_predictor import predict_file_spark, spark_session
+        from restar.batch.predictor import check_input_file, file_format
+        from restar.batch.spark_predictor import predict_file_spark, spark_session
 
         check_input_file(input_path)  # bad paths fail before a JVM starts
         file_format(output_path)
@@ -98,7 +98,7 @@ def predict_command(
             input_path, output_path, model_uri, spark, batch_size=batch_size, chunk_rows=chunk_rows
         )
     else:
-        from restar.predictor import predict_file
+        from restar.batch.predictor import predict_file
 
         rows = predict_file(input_path, output_path, model_uri, batch_size=batch_size, chunk_rows=chunk_rows)
     click.echo(f"wrote {rows} predictions to {output_path}")

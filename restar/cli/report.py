@@ -47,7 +47,7 @@ def report_command(
     """
     from registry.audit import AuditLog
     from registry.service import Registry
-    from restar.report import write_report
+    from restar.report.release import write_report
 
     policy = checked_policy(policy_path)
     registry = Registry(model_name)

@@ -12,7 +12,7 @@ from restar.cli.options import EXISTING_FILE, FOLDER, json_option, model_store_o
 from restar.cli.output import report
 
 if TYPE_CHECKING:
-    from restar.serve import ServeHome
+    from restar.serving.serve import ServeHome
 
 EXIT_NOT_SERVING = 3  # `restar serve status`: nothing is running
 EXIT_NOT_ANSWERING = 4  # `restar serve status`: the process runs but does not answer /ping
@@ -27,7 +27,7 @@ home_option = click.option(
 
 
 def serve_home_from(home: Path | None) -> ServeHome:
-    from restar.serve import ServeHome, serve_home
+    from restar.serving.serve import ServeHome, serve_home
 
     return serve_home() if home is None else ServeHome(home.absolute())
 
@@ -100,7 +100,7 @@ def serve_start_command(
 
     Example: restar serve start --detach
     """
-    from restar import serve
+    from restar.serving import serve
 
     paths = serve_home_from(home)
     ports = serve.free_ports(5) if free_ports else None
@@ -125,7 +125,7 @@ def serve_stop_command(home: Path | None) -> None:
 
     Example: restar serve stop
     """
-    from restar import serve
+    from restar.serving import serve
 
     state = serve.stop(serve_home_from(home))
     click.echo("nothing was running" if state is None else f"stopped TorchServe (pid {state.pid})")
@@ -142,7 +142,7 @@ def serve_status_command(home: Path | None, as_json: bool) -> None:
 
     Example: restar serve status
     """
-    from restar import serve
+    from restar.serving import serve
 
     paths = serve_home_from(home)
     state = serve.live_state(paths)

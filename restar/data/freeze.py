@@ -17,7 +17,7 @@ import pandas as pd
 from restar.config import CleanConfig, FreezeConfig, SourceConfig, SplitConfig
 from restar.errors import RestarError
 from restar.labels import LABELS, rating_to_label
-from restar.text import prepare_texts
+from restar.data.text import prepare_texts
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def clean_rows(frame: pd.DataFrame, clean: CleanConfig) -> tuple[pd.DataFrame, C
     frame = frame[~bad_rating & ~missing_product].copy()
     rating = rating[frame.index]
 
-    # The same preparation serves the model (restar.inference): "" exactly when the body is empty.
+    # The same preparation serves the model (restar.model.inference): "" exactly when the body is empty.
     text = pd.Series(
         prepare_texts(frame["text"], frame["title"], clean.drop_rating_titles), index=frame.index
     )

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from restar.config import PrepareConfig
-from restar.freeze import SPLITS, split_stats
+from restar.data.freeze import SPLITS, split_stats
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The one text preparation: what the model reads for a review, at freeze time and at serving time.
 
-`restar.freeze` builds the training data with `prepare_texts`, and `InferenceCore.predict` prepares every
+`restar.data.freeze` builds the training data with `prepare_texts`, and `InferenceCore.predict` prepares every
 input with it, so upstream rows (`title` + raw HTML `text`) are served exactly as training rows were made.
 """
 

@@ -34,7 +34,7 @@ def spread_by_length(texts: Sequence[str], count: int = 64) -> list[str]:
 def batch_probabilities(model_dir: Path, texts: Sequence[str]) -> tuple[np.ndarray, float]:
     """The texts scored in one batch, and the largest difference to each scored alone or in small
     batches in reverse order."""
-    from restar.inference import InferenceCore  # torch: only when measuring (the report reads TOLERANCE)
+    from restar.model.inference import InferenceCore  # torch: only when measuring (the report reads TOLERANCE
 
     whole = InferenceCore.from_dir(model_dir, batch_size=len(texts))
     alone = np.vstack([whole.probabilities([text]) for text in texts])
@@ -45,10 +45,10 @@ def batch_probabilities(model_dir: Path, texts: Sequence[str]) -> tuple[np.ndarr
 
 
 def probabilities_in_fresh_process(model_dir: Path, texts: Sequence[str]) -> np.ndarray:
-    """The texts scored by `python -m restar.determinism` on one thread."""
+    """The texts scored by `python -m restar.model.determinism` on one thread."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "restar.determinism", str(model_dir)],
+        [sys.executable, "-m", "restar.model.determinism", str(model_dir)],
         input=json.dumps(list(texts)),
         env=env,
         capture_output=True,
@@ -75,7 +75,7 @@ def main() -> None:
     """Score the JSON list of texts on stdin; print their probabilities as JSON (float64 text, exact)."""
     import torch
 
-    from restar.inference import InferenceCore
+    from restar.model.inference import InferenceCore
 
     torch.set_num_threads(1)
     texts = json.loads(sys.stdin.read())

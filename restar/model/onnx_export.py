@@ -1,5 +1,5 @@
-"""ONNX Runtime backends for the transformer kind: fp32 export and int8 dynamic quantization
-(which scores each text alone, so that no text's answer depends on its batch).
+"""Writing the ONNX Runtime backends of the transformer kind: fp32 export and int8 dynamic quantization
+(which scores each text alone, so that no text's answer depends on its batch; restar.model.onnx_scorer).
 
 `convert` adds `model.onnx` or `model.int8.onnx` to a Re*Star model directory and records the backend
 in its metadata; from then on every consumer of the inference core runs that file through ONNX Runtime.
@@ -13,32 +13,19 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from restar.inference import (
-    METADATA_FILE,
-    ModelMetadata,
-    Scores,
-    load_fine_tuned,
-    padded_encodings,
-    tokenized,
-)
+from restar.model.inference import METADATA_FILE, ModelMetadata
+from restar.model.onnx_scorer import BACKENDS, ONNX_FILES, TORCH
+from restar.model.transformer import load_fine_tuned
 
 logger = logging.getLogger(__name__)
 
-TORCH = "torch"
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
-BACKENDS = (TORCH, *ONNX_FILES)
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-# Dynamic quantization takes each call's activation scales from the whole batch, so a text's answer
-# would depend on the texts beside it (up to 0.04 in probability on the tiny test model). These backends
-# score every text alone: the same text gets the same answer, bit for bit, in any company.
-ALONE_BACKENDS = frozenset({"onnx-int8"})
 
 
 class _Logits(torch.nn.Module):
@@ -162,51 +149,3 @@ def serving_files(model_dir: Path) -> list[Path]:
     if metadata.backend in ONNX_FILES:
         unused.add("model.safetensors")
     return sorted(path for path in model_dir.iterdir() if path.is_file() and path.name not in unused)
-
-
-def session_options():
-    """How every ONNX Runtime session of a Re*Star model runs: torch's thread count, all optimizations."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
-
-
-class OnnxScorer:
-    """The transformer kind through ONNX Runtime; tokenization and batching as in TransformerScorer."""
-
-    def __init__(self, session, tokenizer, max_length: int, batch_size: int = 32):
-        self.session = session
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.num_labels = session.get_outputs()[0].shape[-1]
-        self.input_names = [graph_input.name for graph_input in session.get_inputs()]
-
-    @classmethod
-    def load(cls, model_dir: Path, metadata: ModelMetadata, batch_size: int = 32) -> OnnxScorer:
-        import onnxruntime
-        from transformers import AutoTokenizer
-
-        path = model_dir / ONNX_FILES[metadata.backend]
-        if not path.is_file():
-            raise FileNotFoundError(f"{model_dir}: backend {metadata.backend!r} but no {path.name}")
-        session = onnxruntime.InferenceSession(
-            str(path), session_options(), providers=["CPUExecutionProvider"]
-        )
-        if metadata.backend in ALONE_BACKENDS:
-            batch_size = 1
-        return cls(session, AutoTokenizer.from_pretrained(model_dir), metadata.max_length, batch_size)
-
-    def score(self, texts: Sequence[str]) -> Scores:
-        encoded, truncated = tokenized(self.tokenizer, texts, self.max_length)
-        out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
-        for batch, padded in padded_encodings(self.tokenizer, encoded, self.batch_size, "np"):
-            out[batch] = self.session.run(["logits"], self.feed(padded))[0]
-        return Scores(out, truncated)
-
-    def feed(self, encoded) -> dict[str, np.ndarray]:
-        """The graph's inputs from a tokenizer's output: the export took the inputs that tokenizer makes."""
-        return {name: np.asarray(encoded[name], dtype=np.int64) for name in self.input_names}

@@ -12,9 +12,9 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 
-from restar.inference import InferenceCore
+from restar.data.text import TEXT_COLUMN, TITLE_COLUMN
 from restar.labels import OUTPUT_TYPES
-from restar.text import TEXT_COLUMN, TITLE_COLUMN
+from restar.model.inference import InferenceCore
 
 ENTRY_SCRIPT = Path(__file__).with_name("pyfunc_entry.py")
 INPUT_EXAMPLE = pd.DataFrame(  # upstream rows: the title is optional, markup is cleaned as in training

@@ -31,9 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from restar.labels import ABSTAIN, LABELS, OUTPUT_COLUMNS, PROBABILITY_COLUMNS
-from restar.output_files import atomic_file, write_error
-from restar.predictor import (
+from restar.batch.predictor import (
     PredictFn,
     PredictorError,
     check_input_file,
@@ -41,7 +39,9 @@ from restar.predictor import (
     predict_frame,
     unreadable_error,
 )
-from restar.text import TEXT_COLUMN, TITLE_COLUMN
+from restar.data.text import TEXT_COLUMN, TITLE_COLUMN
+from restar.labels import ABSTAIN, LABELS, OUTPUT_COLUMNS, PROBABILITY_COLUMNS
+from restar.output_files import atomic_file, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _read(path: Path, kind: str) -> pd.DataFrame:
     if kind == "parquet":
         return pd.read_parquet(path)
     # dtype=False keeps `timestamp` as ms since the epoch (pandas 3; pandas 2 may still parse it as dates,
-    # which restar.rank_eval.as_timestamps turns back into ms)
+    # which restar.report.rank_eval.as_timestamps turns back into ms)
     return pd.read_json(path, lines=True, dtype=False)
 
 

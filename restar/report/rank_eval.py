@@ -61,8 +61,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from restar.batch.predictor import PredictFn, load_predict_fn, predict_frame
+from restar.data.text import TEXT_COLUMN
 from restar.errors import RestarError
-from restar.inconsistencies import (
+from restar.output_files import atomic_file, write_error
+from restar.report.inconsistencies import (
     CATEGORY_COLUMN,
     PRODUCT_COLUMN,
     RATING_COLUMN,
@@ -74,9 +77,6 @@ from restar.inconsistencies import (
     text_classes,
     usable_ratings,
 )
-from restar.output_files import atomic_file, write_error
-from restar.predictor import PredictFn, load_predict_fn, predict_frame
-from restar.text import TEXT_COLUMN
 
 logger = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from promotion.promote import run_gates
 from registry.audit import AuditLog, AuditRecord
 from registry.errors import VersionNotFound
 from registry.service import Registry, VersionInfo
-from restar.determinism import TOLERANCE
+from restar.model.determinism import TOLERANCE
 from restar.output_files import atomic_file, write_error
 
 REPORT_DIR = Path("outputs/reports")
-# The evaluate stage's plots (restar.evaluate.PLOT_FILES), logged to the run under `plots/`.
+# The evaluate stage's plots (restar.training.evaluate.PLOT_FILES), logged to the run under `plots/`.
 PLOTS = {
     "confusion_matrix.png": "Confusion matrix (eval, argmax before abstention)",
     "risk_coverage.png": "Risk-coverage (eval)",
@@ -338,7 +338,7 @@ def logged_rank_eval(registry: Registry, version: VersionInfo) -> tuple[dict, st
 
 
 def interval_text(found: dict) -> str:
-    """`{"value": v, "ci95": [low, high]}` (restar.rank_eval's JSON; None where there was no data)."""
+    """`{"value": v, "ci95": [low, high]}` (restar.report.rank_eval's JSON; None where there was no data)."""
     value, (low, high) = found["value"], found["ci95"]
     if value is None:
         return "-"
@@ -400,7 +400,7 @@ def determinism_section(version: VersionInfo) -> str:
     intro = (
         "<p>The largest difference in any calibrated probability over "
         f"{int(metrics['determinism_texts'])} eval texts, from the shortest to the longest "
-        "(restar/determinism.py).</p>"
+        "(restar/model/determinism.py).</p>"
     )
     table = html_table(["the same text scored", "max abs diff", "same answer"], rows)
     return section("Determinism", intro + table)

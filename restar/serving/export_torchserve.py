@@ -31,8 +31,8 @@ from registry.audit import AuditLog, AuditRecord
 from registry.service import PRODUCTION, Registry, VersionInfo, is_unreachable, unreachable
 from registry.store import default_audit_url, tracking_uri
 from restar.errors import RestarError
-from restar.inference import METADATA_FILE, ModelMetadata
-from restar.onnx_backend import convert, serving_files
+from restar.model.inference import METADATA_FILE, ModelMetadata
+from restar.model.onnx_export import convert, serving_files
 from restar.output_files import is_disk_full, replace_dir, staging_dir, write_error
 
 logger = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # `restar --help` imports this module: requests and http.serv
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # mlflow.webhooks.constants (not imported: the receiver needs no MLflow)
 SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
@@ -232,7 +232,7 @@ def export_version(version: int, model_store: Path, model: str, handler: Path, m
     if (model_store / name).is_file():
         logger.info("v%d: archive %s already in the model store", version, name)
         return name
-    from restar.export_torchserve import export_torchserve
+    from restar.serving.export_torchserve import export_torchserve
 
     model_store.mkdir(parents=True, exist_ok=True)
     # A hidden folder on the store's file system: the finished archive is renamed into place.
@@ -497,7 +497,7 @@ def audited_moves(settings: FollowSettings) -> Callable[[int], None]:
     restar-promote settles its audit row just after it moves the alias, and the webhook may arrive
     in between: the check waits up to `audit_wait_s` for the row before it refuses."""
     from registry.store import default_audit_url
-    from restar.export_torchserve import last_audited_move
+    from restar.serving.export_torchserve import last_audited_move
 
     url = settings.audit_url or default_audit_url()
 

@@ -2,7 +2,7 @@
 
 A review may carry its upstream `title` beside `text`: `{"text": "...", "title": "..."}` (an upstream row
 as it is, other fields ignored), and each item of `texts` may be such an object instead of a string.
-The model prepares text and title as the training data was prepared (restar.text).
+The model prepares text and title as the training data was prepared (restar.data.text).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from restar.text import TEXT_COLUMN, TITLE_COLUMN
+from restar.data.text import TEXT_COLUMN, TITLE_COLUMN
 
 MAX_TEXTS = 64  # per request
 MAX_CHARS = 20_000  # per text; longer reviews are truncated to max_length tokens anyway

@@ -5,7 +5,8 @@ refused by the next. Clients send one gateway key; the gateway checks it and for
 with the chosen replica's own inference key (the template's header says how). When a replica starts
 again, or its key is renewed, the gateway config is rendered again and nginx reloaded:
 
-    python -m restar.replicas reload --run-dir RUN --replica r1=127.0.0.1:8080=/srv/ts1/key_file.json ...
+    python -m restar.serving.replicas reload --run-dir RUN \
+        --replica r1=127.0.0.1:8080=/srv/ts1/key_file.json ...
 
 `ReplicaSet` runs the whole thing on this machine (tests, the rolling procedure).
 """
@@ -32,7 +33,7 @@ import click
 import psutil
 import requests
 
-from restar.serve_local import (
+from restar.serving.serve_local import (
     GatewayError,
     LocalTorchServe,
     find_nginx,
@@ -43,7 +44,7 @@ from restar.serve_local import (
     wait_until_serving,
 )
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "torchserve" / "nginx.replicas.conf"
+TEMPLATE = Path(__file__).resolve().parents[2] / "torchserve" / "nginx.replicas.conf"
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 KEY = re.compile(r"[A-Za-z0-9_=-]{8,256}")  # TorchServe's keys: 6 random bytes, URL-safe base64
 GATEWAY_KEY = re.compile(r"[A-Za-z0-9_-]{16,256}")  # ours: 32 random bytes
@@ -498,7 +499,7 @@ def render(
 
     \b
     Example:
-        python -m restar.replicas render --run-dir /srv/gw \\
+        python -m restar.serving.replicas render --run-dir /srv/gw \\
             --replica r1=127.0.0.1:8080=/srv/ts1/key_file.json \\
             --replica r2=127.0.0.1:9080=/srv/ts2/key_file.json
         nginx -p /srv/gw/ -c /srv/gw/nginx.conf -e stderr -g 'daemon off;'
@@ -517,7 +518,8 @@ def reload(
 
     \b
     Example (take r2 out of rotation):
-        python -m restar.replicas reload --run-dir /srv/gw --replica r1=... --replica r2=... --drain r2
+        python -m restar.serving.replicas reload --run-dir /srv/gw \
+            --replica r1=... --replica r2=... --drain r2
     """
     if _render(run_dir, listen, internal_base, replicas, drain):
         try:

@@ -34,7 +34,7 @@ import psutil
 import requests
 
 from restar.errors import RestarError
-from restar.serve_local import (
+from restar.serving.serve_local import (
     GatewayError,
     LocalTorchServe,
     TorchServeError,

@@ -28,7 +28,7 @@ import psutil
 import requests
 
 BIN = Path(sys.executable).parent
-GATEWAY_TEMPLATE = Path(__file__).resolve().parents[1] / "torchserve" / "nginx.conf"
+GATEWAY_TEMPLATE = Path(__file__).resolve().parents[2] / "torchserve" / "nginx.conf"
 
 
 @dataclass

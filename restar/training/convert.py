@@ -18,12 +18,13 @@ import mlflow
 import pandas as pd
 
 from restar.config import RunConfig, flatten
-from restar.inference import InferenceCore, ModelMetadata
-from restar.metrics import calibrate_on_dev
-from restar.onnx_backend import TORCH, convert
-from restar.prepare import drop_rating_titles
-from restar.pyfunc import log_run_model
+from restar.data.prepare import drop_rating_titles
+from restar.model.inference import InferenceCore, ModelMetadata
+from restar.model.onnx_export import convert
+from restar.model.onnx_scorer import TORCH
+from restar.model.pyfunc import log_run_model
 from restar.tracking import configure_tracking
+from restar.training.metrics import calibrate_on_dev
 
 logger = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from restar import determinism
-from restar.calibration import expected_calibration_error, reliability_bins, softmax
-from restar.inference import InferenceCore, ModelMetadata
 from restar.labels import LABELS
-from restar.metrics import classification_metrics, with_prefix
-from restar.onnx_backend import TORCH
+from restar.model import determinism
+from restar.model.calibration import expected_calibration_error, reliability_bins, softmax
+from restar.model.inference import InferenceCore, ModelMetadata
+from restar.model.onnx_scorer import TORCH
 from restar.tracking import configure_tracking, read_run_record
+from restar.training.metrics import classification_metrics, with_prefix
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from restar import packaged_encoders
 from restar.config import PACKAGED_ENCODER, ModelConfig
 from restar.errors import RestarError
+from restar.training import packaged_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _save_encoder(
 ) -> None:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from restar.inference import key_patterns, load_pretrained
+    from restar.model.transformer import key_patterns, load_pretrained
 
     model_config = AutoConfig.from_pretrained(source_dir)
     total_layers = model_config.num_hidden_layers

@@ -1,7 +1,8 @@
 """The fine-tuning recipe: encoder with a 3-class head, tokenized data, loss and Hugging Face Trainer.
 
-`restar.train` wraps it in an MLflow run for the pipeline; `scripts/sweep_finetune.py` runs variants of it
-side by side. It imports no MLflow, so it runs wherever torch and transformers do, on CPU or GPU.
+`restar.training.train` wraps it in an MLflow run for the pipeline; `scripts/sweep_finetune.py` runs
+variants of it side by side. It imports no MLflow, so it runs wherever torch and transformers do, on CPU
+or GPU.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from restar.config import TrainConfig
-from restar.inference import LoadReport, key_patterns, load_pretrained
 from restar.labels import LABELS
-from restar.layer_cache import cache_key, cache_lower_layers, collate_states, top_layers_only
+from restar.model.transformer import LoadReport, key_patterns, load_pretrained
+from restar.training.layer_cache import cache_key, cache_lower_layers, collate_states, top_layers_only
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from restar.inference import encoded_batches
+from restar.model.inference import encoded_batches
 
 logger = logging.getLogger(__name__)
 

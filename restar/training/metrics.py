@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from restar.calibration import (
+from restar.labels import LABELS
+from restar.model.calibration import (
     cross_fitted,
     expected_calibration_error,
     fit_calibration,
     share_with_lower_ece,
     softmax,
 )
-from restar.labels import LABELS
 
 MIN_CROSS_FIT_ROWS = 50  # fewer dev rows: the fit is kept unchecked
 KEEP_CONFIDENCE = 0.95  # share of bootstrap resamples in which the calibration must lower dev ECE

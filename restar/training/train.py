@@ -1,7 +1,7 @@
 """Fine-tune the encoder for 3-class review sentiment, save the checkpoint and log the run to MLflow.
 
 Top to bottom: config -> seed -> data -> labels -> model -> Trainer -> history -> save.
-The convert stage (restar.convert) puts the checkpoint on the served backend and calibrates it there.
+The convert stage (restar.training.convert) puts the checkpoint on the served backend and calibrates it there.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from transformers import set_seed
 
 from restar.config import RunConfig, flatten
-from restar.convert import TRAIN_RUN_FILE
-from restar.finetune import checkpoint_dir, class_weights, fit, load_encoder
-from restar.inference import ModelMetadata
+from restar.model.inference import ModelMetadata
 from restar.tracking import configure_tracking, experiment_id
+from restar.training.convert import TRAIN_RUN_FILE
+from restar.training.finetune import checkpoint_dir, class_weights, fit, load_encoder
 
 logger = logging.getLogger(__name__)
 

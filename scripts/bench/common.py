@@ -38,8 +38,9 @@ PNG_DPI = 120
 
 
 def hardware(**extra: object) -> dict[str, object]:
-    """CPU model, core count, torch's thread count and versions (restar.bench.hardware), plus `extra`."""
-    from restar.bench import hardware as machine_facts
+    """CPU model, core count, torch's thread count and versions (restar.batch.bench.hardware), and
+    `extra`."""
+    from restar.batch.bench import hardware as machine_facts
 
     return {**machine_facts(), **extra}
 
@@ -94,11 +95,11 @@ def mean_words(texts: Iterable[str]) -> float:
 def pyfunc_latency(
     model: PyFuncModel, texts: list[str], warmup: int, keys: Iterable[str], progress: bool = False
 ) -> dict[str, object]:
-    """`keys` of restar.bench.measure_latency's report for single-text pyfunc calls on `texts` (the
+    """`keys` of restar.batch.bench.measure_latency's report for single-text pyfunc calls on `texts` (the
     first `warmup` untimed)."""
     import pandas as pd
 
-    from restar.bench import measure_latency
+    from restar.batch.bench import measure_latency
 
     result = measure_latency(
         lambda batch: model.predict(pd.DataFrame({"text": list(batch)})),
@@ -116,7 +117,7 @@ def predictor_run(
     and wall seconds."""
     import pandas as pd
 
-    from restar.predictor import predict_file
+    from restar.batch.predictor import predict_file
 
     source = workdir / "predict_in.parquet"
     pd.DataFrame({"text": list(texts)}).to_parquet(source, index=False)

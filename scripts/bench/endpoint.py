@@ -33,8 +33,8 @@ from bench.common import (
     save_png,
     write_json,
 )
-from restar.bench import sample_texts
-from restar.serve_local import LocalTorchServe, torchserve
+from restar.batch.bench import sample_texts
+from restar.serving.serve_local import LocalTorchServe, torchserve
 
 
 def archive_variant(source: Path, target_dir: Path, workers: int, batch_size: int, delay_ms: int) -> Path:

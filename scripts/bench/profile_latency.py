@@ -42,9 +42,10 @@ from bench.common import (
     write_json,
 )
 from bench.speed import latency_texts
-from restar.inference import InferenceCore
-from restar.onnx_backend import ONNX_FILES, OnnxScorer, convert, session_options
-from restar.pyfunc import save_pyfunc
+from restar.model.inference import InferenceCore
+from restar.model.onnx_export import convert
+from restar.model.onnx_scorer import ONNX_FILES, OnnxScorer, session_options
+from restar.model.pyfunc import save_pyfunc
 
 
 def session(path: Path, profile_prefix: str | None = None) -> onnxruntime.InferenceSession:

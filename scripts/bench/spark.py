@@ -34,7 +34,7 @@ from bench.common import (
     write_sample,
 )
 from restar.labels import PROBABILITY_COLUMNS
-from restar.serve_local import process_tree_rss_mb
+from restar.serving.serve_local import process_tree_rss_mb
 
 SPARK_SLOTS = 2
 

@@ -45,10 +45,11 @@ from bench.common import (
 )
 from bench.endpoint import bench_variant, print_levels
 from registry.service import PRODUCTION, Registry
-from restar.export_torchserve import export_torchserve
-from restar.inference import InferenceCore
-from restar.onnx_backend import BACKENDS, INPUT_NAMES, convert
-from restar.pyfunc import log_pyfunc, save_pyfunc
+from restar.model.inference import InferenceCore
+from restar.model.onnx_export import INPUT_NAMES, convert
+from restar.model.onnx_scorer import BACKENDS
+from restar.model.pyfunc import log_pyfunc, save_pyfunc
+from restar.serving.export_torchserve import export_torchserve
 
 ACCURACY_TOLERANCE_PP = 0.1  # the most accuracy a faster backend may cost, in points (issue 24)
 

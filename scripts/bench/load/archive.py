@@ -65,7 +65,7 @@ def given_archive(path: Path, ts_settings: str | None) -> Path:
 
 
 def exported_archive(args: argparse.Namespace, workdir: Path) -> Path:
-    from restar.export_torchserve import export_torchserve
+    from restar.serving.export_torchserve import export_torchserve
 
     exported = export_torchserve(
         args.model_uri,

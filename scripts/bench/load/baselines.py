@@ -16,7 +16,7 @@ from bench.load.wrk import wrk_level
 
 def pyfunc_baseline(model_uri: str, texts: list[str], calls: int, warmup: int) -> dict:
     """Batch-1 latency of the model's pyfunc on the first `calls` texts after `warmup` untimed ones."""
-    from restar.predictor import load_pyfunc
+    from restar.batch.predictor import load_pyfunc
 
     keys = ("latency_avg_ms", "latency_p50_ms", "latency_p95_ms", "calls", "mean_words")
     return pyfunc_latency(load_pyfunc(model_uri), texts[: calls + warmup], warmup, keys, progress=True)
@@ -25,7 +25,7 @@ def pyfunc_baseline(model_uri: str, texts: list[str], calls: int, warmup: int) -
 def predictor_baseline(model_uri: str, texts: list[str], rows: int, workdir: Path) -> dict:
     """`restar predict`'s code path on `rows` texts (Parquet in and out), model load included as the
     product runs it; the load alone is timed separately for the steady-state rate."""
-    from restar.predictor import load_predict_fn
+    from restar.batch.predictor import load_predict_fn
 
     start = time.perf_counter()
     load_predict_fn(model_uri)

@@ -22,7 +22,7 @@ from bench.load.wrk import wait_with_progress
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from restar.serve_local import LocalTorchServe
+    from restar.serving.serve_local import LocalTorchServe
 
 
 def recovery_summary(

@@ -15,7 +15,7 @@ from bench.load.processes import TreeSampler
 from bench.load.wrk import WrkRun, children_cpu_s, summarize_wrk, wait_with_progress, wrk_command
 
 if TYPE_CHECKING:
-    from restar.serve_local import LocalTorchServe
+    from restar.serving.serve_local import LocalTorchServe
 
 
 def poison_run(

@@ -182,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     import mlflow
 
-    from restar.bench import sample_texts
-    from restar.export_torchserve import resolve
+    from restar.batch.bench import sample_texts
+    from restar.serving.export_torchserve import resolve
 
     mlflow.set_tracking_uri(tracking)
     version = resolve(args.model_uri)

@@ -22,7 +22,7 @@ from bench.load.soak import print_soak, soak_run
 from bench.load.wrk import WrkRun, wrk_command
 
 if TYPE_CHECKING:
-    from restar.serve_local import LocalTorchServe
+    from restar.serving.serve_local import LocalTorchServe
 
 
 @contextmanager
@@ -54,7 +54,7 @@ def write_bodies(path: Path, bodies: Iterable[bytes]) -> Path:
 
 def bench_torchserve(args: argparse.Namespace, archive: Path, texts: list[str], workdir: Path) -> dict:
     """TorchServe serving `archive` (behind the gateway unless --via direct), through every phase."""
-    from restar.serve_local import gateway, torchserve
+    from restar.serving.serve_local import gateway, torchserve
 
     good_file = write_bodies(workdir / "torchserve_good.bin", (torchserve_body(text) for text in texts))
     hostile_file = write_bodies(workdir / "torchserve_hostile.bin", hostile_bodies().values())
@@ -118,7 +118,7 @@ def torchserve_phases(
 
 def bench_mlflow(args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
     """`mlflow models serve` on --model-uri through the load levels."""
-    from restar.serve_local import mlflow_serve
+    from restar.serving.serve_local import mlflow_serve
 
     good_file = write_bodies(workdir / "mlflow_good.bin", (mlflow_body(text) for text in texts))
     out: dict = {

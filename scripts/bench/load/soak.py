@@ -14,7 +14,7 @@ from bench.load.wrk import wrk_level
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from restar.serve_local import LocalTorchServe
+    from restar.serving.serve_local import LocalTorchServe
 
 
 def soak_growth(samples: Sequence[tuple[float, float]], warmup_s: float, window_s: float) -> dict:

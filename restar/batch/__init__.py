@@ -1,0 +1,1 @@
+"""Batch scoring: the offline predictor (files, Spark) and the latency benchmark built on it."""
