@@ -56,9 +56,9 @@ def store(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     for name, gates in {
         "pass": [{"name": "accuracy", "params": {"min": 0.0}}],
         "fail": [{"name": "accuracy", "params": {"min": 0.99}}],
-        "noisy": [  # no two passes ever agree within 0.0001%: the gate cannot decide
+        "noisy": [  # passes that disagree, on both sides of the limit: the gate cannot decide
             {
-                "name": "latency",
+                "name": "latency_limit_inside_the_noise",
                 "params": {
                     "calls": 5,
                     "warmup": 2,
@@ -70,7 +70,31 @@ def store(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         ],
     }.items():
         (root / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "gates": gates}))
+    env["PYTHONPATH"] = install_gate_plugin(root / "plugins")
     return {"root": str(root), **env}
+
+
+def install_gate_plugin(folder: Path) -> str:
+    """A gate plug-in (module and entry point) in `folder`, for the commands' PYTHONPATH: the real
+    latency gate, with its average limit put between the fastest and the slowest pass it measured, so
+    that the noise straddles the limit on any host."""
+    folder.mkdir()
+    (folder / "restar_noise_gate.py").write_text(
+        "from promotion.gates import LatencyGate\n\n\n"
+        "class LimitInsideTheNoise(LatencyGate):\n"
+        "    name = 'latency_limit_inside_the_noise'\n\n"
+        "    def judge(self, report, params):\n"
+        "        means = report['latency_cpu_trial_avg_ms']\n"
+        "        limit = (min(means) + max(means)) / 2\n"
+        "        return super().judge(report, params.model_copy(update={'max_avg_ms': limit}))\n"
+    )
+    dist = folder / "restar_noise_gate-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: restar-noise-gate\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[restar.gates]\nlatency_limit_inside_the_noise = restar_noise_gate:LimitInsideTheNoise\n"
+    )
+    return os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
 
 
 def run(store: dict[str, str], *command: str) -> subprocess.CompletedProcess:
