@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from restar.serving.replicas import (
     TEMPLATE,
@@ -450,16 +452,29 @@ class Outcome:
     status: int | None  # None: no HTTP answer (connection dropped)
     replica: str | None  # X-Restar-Replica: which replica answered
     error: str = ""  # without an answer: the client's exception, for the report
+    resent: int = 0  # times the client sent it again after its connection closed without an answer
 
 
-def run_load(url: str, key: str, clients: int, during: Callable[[], None], tail: float = 3) -> list[Outcome]:
+def run_load(
+    url: str,
+    key: str,
+    clients: int,
+    during: Callable[[], None],
+    tail: float = 3,
+    resend_dropped: bool = False,
+) -> list[Outcome]:
     """`clients` threads posting back to back through the gateway while `during()` runs, and `tail`
-    seconds after it returns."""
+    seconds after it returns. With `resend_dropped`, each client resends a request once when its
+    connection closes without an answer, as an HTTP client should for a request that changes nothing
+    (docs/replicas.md: the keep-alive race at a gateway reload); answers are never resent."""
     outcomes: list[Outcome] = []
     stop = threading.Event()
+    resend = Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods=None, raise_on_status=False)
 
     def client(number: int) -> None:
         session = requests.Session()
+        if resend_dropped:
+            session.mount("http://", HTTPAdapter(max_retries=resend))
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         sent = 0
         while not stop.is_set():
@@ -468,12 +483,13 @@ def run_load(url: str, key: str, clients: int, during: Callable[[], None], tail:
             try:
                 response = session.post(f"{url}/predictions/restar", data=body, headers=headers, timeout=60)
                 status, replica = response.status_code, response.headers.get("X-Restar-Replica")
+                resent = len(response.raw.retries.history) if response.raw.retries else 0
             except requests.RequestException as exc:
-                status, replica = None, None
+                status, replica, resent = None, None, 0
                 error = f"{type(exc).__name__}: {exc}"[:200]
             else:
                 error = ""
-            outcomes.append(Outcome(start, time.monotonic(), status, replica, error))
+            outcomes.append(Outcome(start, time.monotonic(), status, replica, error, resent))
             sent += 1
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
@@ -509,6 +525,7 @@ def summary(outcomes: list[Outcome]) -> dict:
         "failed": len(failed),
         "failed_statuses": sorted({str(o.status) for o in failed}),
         "errors": sorted({o.error for o in failed if o.error}),
+        "resent": sum(o.resent for o in outcomes),
         "served_by": served,
     }
 
@@ -573,23 +590,21 @@ def test_a_restarted_replica_serves_again_with_its_new_key(replicas: ReplicaSet)
     assert post(direct.inference_url, replicas.replica("replica-1").key).status_code == 200
 
 
-def assert_reloads_lost_at_most_one_each(report: dict) -> None:
-    """Both procedures reload the gateway four times (drain and undrain, two replicas). Four loaded runs
-    lost nothing; CI runs lost 1 of 1,656 (roll) and 2 of 224 (renewal) requests to gateway 502s, and
-    1 of 1,596 (roll) to a dropped connection, each at a reload (cause not found yet:
-    docs/replicas.md). A stale key (400) or a lost replica would fail many more, and still fails here."""
-    assert report["failed"] <= 4, report
-    assert set(report["failed_statuses"]) <= {"502", "None"}, report
-
-
 def rekeyed_under_load(replicas: ReplicaSet, action: Callable[[], None], label: str) -> dict:
     """Load on the gateway while `action` gives every replica a new key (a restart or a renewal);
-    checks that each key changed and the reloads lost almost nothing; returns the load's summary."""
+    checks that each key changed and that no request failed; returns the load's summary.
+
+    Both procedures reload the gateway four times (drain and undrain, two replicas). At a reload the
+    old nginx worker closes its idle client connections, and a request the client had just sent on one
+    meets a closed connection (about one run in two on a loaded machine): the clients resend those
+    once, as docs/replicas.md asks of clients, and the summary counts them. A stale key (400), a 502
+    or a lost replica still fails here."""
     keys = {r.name: r.key for r in replicas.replicas}
-    report = summary(run_load(replicas.url, replicas.gateway_key, 4, action))
+    report = summary(run_load(replicas.url, replicas.gateway_key, 4, action, resend_dropped=True))
     print(f"{label}:", json.dumps(report))
     assert all(replicas.replica(name).key != key for name, key in keys.items())
-    assert_reloads_lost_at_most_one_each(report)
+    assert report["failed"] == 0, report
+    assert report["resent"] <= 4, report  # at most one per reload
     return report
 
 
