@@ -273,6 +273,19 @@ def test_the_replicas_profile_comes_up_behind_one_gateway_key(stack: Stack) -> N
     refused = requests.post(url, json={"text": "x"}, headers={"Authorization": "Bearer wrong"}, timeout=30)
     assert refused.status_code == 401
 
+    def served_by(count: int) -> set[str]:
+        auth = {"Authorization": f"Bearer {GATEWAY_KEY}"}
+        answers = [requests.post(url, json={"text": "Fine."}, headers=auth, timeout=60) for _ in range(count)]
+        assert [a.status_code for a in answers] == [200] * count, [a.text for a in answers]
+        return {a.headers["X-Restar-Replica"] for a in answers}
+
+    # drain and undrain in the gateway's own image (its shell, no pgrep), as an operator runs them
+    script = ["exec", "-T", "gateway-replicas", "sh", "/etc/restar/gateway-replicas.sh"]
+    stack.compose("--profile", "replicas", *script, "drain", "torchserve-2")
+    assert served_by(6) == {"torchserve-1"}
+    stack.compose("--profile", "replicas", *script, "undrain", "torchserve-2")
+    assert served_by(6) == {"torchserve-1", "torchserve-2"}
+
 
 def test_down_v_leaves_no_container_network_or_volume(stack: Stack) -> None:
     assert any(stack.leftovers().values())

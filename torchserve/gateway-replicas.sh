@@ -130,11 +130,25 @@ update() {
     mv "$new" "$config"
 }
 
-# Reload and wait until the old worker has finished its requests (a drained replica then gets none).
+# The pids of nginx's workers now, from /proc (not every nginx image has pgrep).
+workers() {
+    master=$(cat "$run_dir/nginx.pid")
+    for stat in /proc/[0-9]*/stat; do
+        fields=$(cat "$stat" 2>/dev/null) || continue # gone meanwhile
+        # shellcheck disable=SC2086 # split into fields after "(comm) ", which may hold spaces
+        set -- ${fields##*) }
+        if [ "$2" = "$master" ]; then
+            pid=${stat#/proc/}
+            echo "${pid%/stat}"
+        fi
+    done
+}
+
+# Reload and wait until the old workers have finished their requests (a drained replica then gets none).
 reload() {
     # shellcheck disable=SC2086
     nginx $nginx_args -t -q || fail "nginx refuses the new config; the old one still serves"
-    old=$(pgrep -P "$(cat "$run_dir/nginx.pid")" | tr '\n' ' ')
+    old=$(workers)
     # shellcheck disable=SC2086
     nginx $nginx_args -s reload
     for pid in $old; do
@@ -142,27 +156,41 @@ reload() {
     done
 }
 
+refresh() {
+    if update; then reload; fi
+}
+
+# One render-and-reload at a time: the loop and a drain (docker compose exec ... drain NAME) take this
+# lock, so a drain returns only after the reload that carries it, and a render of the old list of
+# drained replicas cannot land after it.
+locked() {
+    exec 9>"$run_dir/lock"
+    flock 9
+    "$@"
+    exec 9>&-
+}
+
 is_drained() { grep -qx "$1" "$run_dir/drained" 2>/dev/null; }
 
 drain() {
     is_drained "$1" || echo "$1" >>"$run_dir/drained"
-    if update; then reload; fi
+    refresh
 }
 
 undrain() {
     grep -vx "$1" "$run_dir/drained" >"$run_dir/drained.new" || true
     mv "$run_dir/drained.new" "$run_dir/drained"
-    if update; then reload; fi
+    refresh
 }
 
 renew_keys() {
     for name in $replicas; do
         api=$(file_key API "$keys_dir/$name/key_file.json") || continue
         was_drained=0
-        if is_drained "$name"; then was_drained=1; else drain "$name"; fi
+        if is_drained "$name"; then was_drained=1; else locked drain "$name"; fi
         wget -q -O /dev/null --header "Authorization: Bearer $api" "http://$name:$management_port/token?type=inference" ||
             echo "gateway-replicas: could not renew the key of $name" >&2
-        if [ "$was_drained" = 0 ]; then undrain "$name"; elif update; then reload; fi
+        if [ "$was_drained" = 0 ]; then locked undrain "$name"; else locked refresh; fi
     done
 }
 
@@ -180,8 +208,8 @@ run() {
         if [ "$since_renew" -ge "$renew_s" ]; then
             renew_keys
             since_renew=0
-        elif update; then
-            reload
+        else
+            locked refresh
         fi
     done
     wait "$nginx_pid"
@@ -192,11 +220,11 @@ run) run ;;
 render) render ;;
 drain)
     [ -n "${2:-}" ] || fail "drain which replica?"
-    drain "$2"
+    locked drain "$2"
     ;;
 undrain)
     [ -n "${2:-}" ] || fail "undrain which replica?"
-    undrain "$2"
+    locked undrain "$2"
     ;;
 *) fail "unknown command: $1 (run, render, drain NAME, undrain NAME)" ;;
 esac
